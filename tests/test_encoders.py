@@ -1,0 +1,156 @@
+"""Every encoder kind, with tiny random weights, through the same checks (the timm test_models pattern)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from polymodal.errors import ConfigError
+from polymodal.models import Encoder, EncoderConfig, build_encoder, encoder_key, encoder_modality
+from polymodal.models.audio import build_audio_cnn, build_mel_efficientnet
+from polymodal.models.image import EfficientNetLiteEncoder, build_efficientnet_lite0
+
+
+def _random_effnet(size: int = 32):
+    return EfficientNetLiteEncoder(build_efficientnet_lite0(None), image_size=size)
+
+
+# (id, how to build, modality)
+ENCODERS = {
+    "hf-bert": (lambda d: build_encoder(EncoderConfig(str(d("bert")))), "text"),
+    "hf-clip-text": (lambda d: build_encoder(EncoderConfig(str(d("clip")), modality="text")), "text"),
+    "hf-clip-image": (lambda d: build_encoder(EncoderConfig(str(d("clip")), modality="image")), "image"),
+    "hf-vit": (lambda d: build_encoder(EncoderConfig(str(d("vit")))), "image"),
+    "hf-wav2vec2": (lambda d: build_encoder(EncoderConfig(str(d("wav2vec2")))), "audio"),
+    "hf-whisper": (lambda d: build_encoder(EncoderConfig(str(d("whisper")))), "audio"),
+    "hf-ast": (lambda d: build_encoder(EncoderConfig(str(d("ast")))), "audio"),
+    "efficientnet-lite0": (lambda d: _random_effnet(), "image"),
+    "efficientnet-lite0-mel": (lambda d: build_mel_efficientnet(build_efficientnet_lite0(None), clip_seconds=1.0), "audio"),
+    "audio-cnn": (lambda d: build_audio_cnn(width=4, clip_seconds=1.0), "audio"),
+}
+
+
+def _items(modality: str, sample_rate: int = 16_000) -> list:
+    rng = np.random.default_rng(0)
+    if modality == "text":
+        return ["a short one", "a rather longer sentence about a cat that sat on a mat"]
+    if modality == "image":
+        return [Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)) for _ in range(2)]
+    return [(0.1 * rng.standard_normal(sample_rate)).astype(np.float32),
+            (0.1 * rng.standard_normal(sample_rate // 2)).astype(np.float32)]
+
+
+@pytest.fixture(params=list(ENCODERS), scope="module")
+def encoder_case(request, tiny_model_dir):
+    build, modality = ENCODERS[request.param]
+    torch.manual_seed(0)
+    return build(tiny_model_dir), modality
+
+
+def _run(enc, items, train=False, rng=None):
+    with torch.no_grad():
+        return enc(enc.prepare(items, train=train, rng=rng))
+
+
+def test_output_contract(encoder_case):
+    enc, modality = encoder_case
+    assert isinstance(enc, Encoder) and enc.modality == modality
+    out = _run(enc, _items(modality, getattr(enc, "sample_rate", 16_000)))
+    b, t = out.mask.shape
+    assert out.pooled.shape == (2, enc.dim)
+    assert out.sequence.shape == (2, t, enc.seq_dim)
+    assert out.mask.dtype == torch.bool and out.mask.any(1).all()
+    assert torch.isfinite(out.pooled).all() and torch.isfinite(out.sequence).all()
+
+
+def test_batch_does_not_change_an_items_features(encoder_case):
+    enc, modality = encoder_case
+    items = _items(modality, getattr(enc, "sample_rate", 16_000))
+    together = _run(enc, items).pooled
+    alone = torch.cat([_run(enc, [x]).pooled for x in items])
+    torch.testing.assert_close(together, alone, atol=1e-4, rtol=1e-3)
+
+
+def test_padding_is_masked(encoder_case):
+    enc, modality = encoder_case
+    if modality == "image":
+        pytest.skip("images are never padded")
+    out = _run(enc, _items(modality, getattr(enc, "sample_rate", 16_000)))
+    if getattr(enc, "kind", "") == "audio-spectrogram-transformer":
+        pytest.skip("AST's feature extractor pads every clip to a fixed length and attends to all of it")
+    counts = out.mask.sum(1)
+    if modality == "text":
+        assert counts[0] < counts[1]  # the short text has fewer real tokens
+    else:
+        assert counts[1] < counts[0]  # the half-second clip covers fewer frames than the one-second clip
+
+
+def test_augmentation_only_in_training_and_seeded(encoder_case):
+    enc, modality = encoder_case
+    if modality == "text":
+        pytest.skip("text has no augmentation")
+    items = _items(modality, getattr(enc, "sample_rate", 16_000))
+    key = next(iter(enc.prepare(items)))
+    eval_a, eval_b = enc.prepare(items)[key], enc.prepare(items)[key]
+    torch.testing.assert_close(eval_a, eval_b)
+    train_1 = enc.prepare(items, train=True, rng=np.random.default_rng(1))[key]
+    train_1b = enc.prepare(items, train=True, rng=np.random.default_rng(1))[key]
+    train_2 = enc.prepare(items, train=True, rng=np.random.default_rng(2))[key]
+    torch.testing.assert_close(train_1, train_1b)
+    assert not torch.equal(train_1, eval_a) and not torch.equal(train_1, train_2)
+
+
+def test_gradients_reach_the_weights(encoder_case):
+    # Fine-tuning (full or LoRA) depends on the encoder being differentiable end to end.
+    enc, modality = encoder_case
+    enc.train()
+    try:
+        out = enc(enc.prepare(_items(modality, getattr(enc, "sample_rate", 16_000))))
+        out.pooled.square().mean().backward()
+        grads = [p.grad for p in enc.parameters() if p.requires_grad]
+        assert grads and any(g is not None and g.abs().sum() > 0 for g in grads)
+    finally:
+        enc.zero_grad(set_to_none=True)
+        enc.eval()
+
+
+def test_modality_is_inferred_without_loading_weights(tiny_model_dir):
+    assert encoder_modality(EncoderConfig(str(tiny_model_dir("bert")))) == "text"
+    assert encoder_modality(EncoderConfig(str(tiny_model_dir("whisper")))) == "audio"
+    assert encoder_modality(EncoderConfig(str(tiny_model_dir("vit")))) == "image"
+    assert encoder_modality(EncoderConfig("efficientnet-lite0")) == "image"
+
+
+def test_two_tower_model_needs_a_modality(tiny_model_dir):
+    with pytest.raises(ConfigError, match="encoder.modality"):
+        build_encoder(EncoderConfig(str(tiny_model_dir("clip"))))
+    with pytest.raises(ConfigError, match="not a image encoder"):
+        build_encoder(EncoderConfig(str(tiny_model_dir("whisper")), modality="image"))
+
+
+def test_config_validation_names_the_field():
+    with pytest.raises(ConfigError, match="encoder.modality"):
+        EncoderConfig("minilm", modality="video")
+    with pytest.raises(ConfigError, match="encoder.clip_seconds"):
+        EncoderConfig("minilm", clip_seconds=0)
+
+
+def test_folder_without_config_is_refused_clearly(tmp_path):
+    with pytest.raises(ConfigError, match="no config.json"):
+        build_encoder(EncoderConfig(str(tmp_path)))
+
+
+def test_encoder_key_changes_with_settings_and_weights(tiny_model_dir, tmp_path):
+    import shutil
+
+    src = tiny_model_dir("bert")
+    copy = shutil.copytree(src, tmp_path / "bert")
+    a = encoder_key(EncoderConfig(str(copy)))
+    assert a == encoder_key(EncoderConfig(str(copy)))
+    assert a != encoder_key(EncoderConfig(str(copy), max_tokens=16))
+    assert a == encoder_key(EncoderConfig(str(copy), augment=False))  # augmentation never touches cached features
+    weights = copy / "model.safetensors"
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    assert a != encoder_key(EncoderConfig(str(copy)))
