@@ -34,9 +34,38 @@ def probe_audio(path: str | os.PathLike) -> sf._SoundFileInfo:
     if not os.access(path, os.R_OK):
         raise MediaError("unreadable_file", path, f"{path}: cannot read it; fix its permissions")
     try:
-        return sf.info(path)
+        info = sf.info(path)
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise MediaError("corrupt_audio", path, f"{path}: not a readable audio file ({e}); re-export it as wav/flac/ogg or remove it") from e
+    missing = _wav_missing_bytes(path)
+    if missing:
+        raise MediaError(
+            "corrupt_audio", path,
+            f"{path}: the header declares {missing} more bytes of audio than the file holds (truncated); re-export or remove it",
+        )
+    return info
+
+
+# A data size written by encoders that stream and cannot go back to fill it in: unknown, not truncated.
+_WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
+
+
+def _wav_missing_bytes(path: str) -> int:
+    """Bytes a RIFF WAV's ``data`` chunk declares beyond the end of the file; 0 for whole files and other formats.
+
+    libsndfile quietly shortens a truncated WAV to what is there, so its frame count cannot reveal the cut.
+    """
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return 0
+        size = os.fstat(f.fileno()).st_size
+        while len(chunk := f.read(8)) == 8:
+            length = int.from_bytes(chunk[4:], "little")
+            if chunk[:4] == b"data":
+                return 0 if length in _WAV_UNKNOWN_SIZES else max(0, length - (size - f.tell()))
+            f.seek(length + (length & 1), os.SEEK_CUR)  # chunks are padded to an even length
+    return 0
 
 
 def load_audio(
@@ -125,11 +154,15 @@ class LogMel:
 
     def __call__(self, wave: np.ndarray | torch.Tensor) -> torch.Tensor:
         x = torch.as_tensor(wave, dtype=torch.float32)
+        # Reflect padding needs more than n_fft/2 samples; a shorter clip is zero-padded to n_fft first.
+        if x.shape[-1] <= self.n_fft // 2:
+            x = torch.nn.functional.pad(x, (0, self.n_fft - x.shape[-1]))
         spec = torch.stft(
-            x, self.n_fft, self.hop_length, window=torch.hann_window(self.n_fft), center=True,
+            x, self.n_fft, self.hop_length, window=torch.hann_window(self.n_fft, device=x.device), center=True,
             pad_mode="reflect", return_complex=True,
         ).abs().pow(2)  # (..., freq, frames)
         fb = _mel_filters(self.sample_rate, self.n_fft, self.n_mels, self.f_min, self.f_max or self.sample_rate / 2)
+        fb = fb.to(x.device)
         mel = torch.matmul(spec.transpose(-1, -2), fb).transpose(-1, -2)
         return torch.log(mel + 1e-6)
 
@@ -158,8 +191,8 @@ def add_noise(wave: np.ndarray, snr_db: float, rng: np.random.Generator) -> np.n
 
 
 def time_shift(wave: np.ndarray, shift: int) -> np.ndarray:
-    """Circular shift by ``shift`` samples (positive: later)."""
-    return np.roll(wave, shift)
+    """Circular shift by ``shift`` samples along the last axis (positive: later)."""
+    return np.roll(wave, shift, axis=-1)
 
 
 def apply_gain(wave: np.ndarray, gain_db: float) -> np.ndarray:

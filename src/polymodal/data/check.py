@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -14,7 +13,7 @@ from tqdm.auto import tqdm
 from ..errors import ManifestError, MediaError
 from .audio import MAX_AUDIO_SECONDS, load_audio
 from .image import MAX_IMAGE_PIXELS, load_image
-from .manifest import Example, Manifest, Problem
+from .manifest import Example, Manifest, Problem, inside_root
 
 TRAIN_SPLIT = "train"
 log = logging.getLogger(__name__)
@@ -80,13 +79,13 @@ def _check_example(ex: Example, manifest: Manifest, allowed: set[str] | None, li
     if "text" in manifest.columns and ex.text is not None and ex.text.strip() == "" and ex.text != "":
         out.append(_problem(ex, "empty_text", "text", f"row {ex.row}: the text is only whitespace"))
     elif manifest.modalities and not present:
-        kind = "empty_text" if manifest.modalities == ("text",) else "no_inputs"
-        out.append(_problem(ex, kind, "", f"row {ex.row}: no {' / '.join(manifest.modalities)} given"))
+        kind, column = ("empty_text", "text") if manifest.modalities == ("text",) else ("no_inputs", "")
+        out.append(_problem(ex, kind, column, f"row {ex.row}: no {' / '.join(manifest.modalities)} given"))
     for column, loader in (("image", _check_image), ("audio", _check_audio)):
         path = ex.get(column)
         if path is None:
             continue
-        if not _inside(path, manifest.root):
+        if not inside_root(path, manifest.root):
             out.append(_problem(ex, "path_escapes_root", column,
                                 f"row {ex.row}: {column} path {ex.raw.get(column, path)!s} points outside {manifest.root}"))
             continue
@@ -109,12 +108,6 @@ def _check_image(path: Path, limits: CheckLimits) -> None:
 
 def _check_audio(path: Path, limits: CheckLimits) -> None:
     load_audio(path, sample_rate=None, max_seconds=limits.max_audio_seconds)
-
-
-def _inside(path: Path, root: Path) -> bool:
-    # realpath also catches a symlink inside the folder that points out of it.
-    real, base = os.path.realpath(path), os.path.realpath(root)
-    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def format_problems(problems: list[Problem], manifest_path: Path | str) -> str:
@@ -157,5 +150,7 @@ def require_clean(manifest: Manifest, skip_bad: bool = False, labels: Iterable[s
             "or pass skip_bad=True (--skip-bad) to train without them."
         )
     kept = manifest.without_rows(rows)
+    if not kept.examples:
+        raise ManifestError(format_problems(problems, manifest.path) + "\nEvery row has a problem: nothing is left to use.")
     log.warning("%s: skipped %d bad rows of %d; %d remain", manifest.path, len(rows), len(manifest.examples), len(kept.examples))
     return kept

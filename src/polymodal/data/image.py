@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from PIL import Image, ImageEnhance, UnidentifiedImageError
+from PIL import Image, ImageEnhance, ImageOps, UnidentifiedImageError
 
 from ..errors import MediaError
 
@@ -36,15 +36,20 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> I
         raise MediaError("missing_file", path, f"{path}: file not found")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Pillow's own guard warns over Image.MAX_IMAGE_PIXELS (89 M); the limit here is max_pixels, checked below.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img = Image.open(path)
     except PermissionError as e:
         raise MediaError("unreadable_file", path, f"{path}: cannot read ({e.strerror}); fix its permissions") from e
     except IsADirectoryError as e:
         raise MediaError("unreadable_file", path, f"{path}: is a folder, not an image file") from e
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError, OSError) as e:
-        if isinstance(e, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
-            raise MediaError("too_many_pixels", path, f"{path}: {e}; resize it or raise max_pixels") from e
+    except Image.DecompressionBombError as e:
+        # Over twice Image.MAX_IMAGE_PIXELS Pillow refuses to open the file at all, whatever max_pixels says.
+        raise MediaError(
+            "too_many_pixels", path,
+            f"{path}: {e} (Pillow's hard limit, 2 x PIL.Image.MAX_IMAGE_PIXELS); downscale the image",
+        ) from e
+    except (UnidentifiedImageError, OSError) as e:
         raise MediaError("corrupt_image", path, f"{path}: not a readable image ({e}); re-export or remove it") from e
     with img:
         w, h = img.size
@@ -56,7 +61,11 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> I
             )
         try:
             img.load()
-            return img.convert("RGB")
+            if img.mode.startswith("I;16"):
+                # Pillow's convert clips 16-bit values at 255 instead of scaling them (a 16-bit PNG turns white).
+                return Image.fromarray(np.round(np.asarray(img, dtype=np.float32) / 257).astype(np.uint8)).convert("RGB")
+            # Phones store portrait photos as landscape pixels plus an EXIF orientation tag.
+            return ImageOps.exif_transpose(img).convert("RGB")
         except (OSError, SyntaxError, ValueError) as e:
             raise MediaError("corrupt_image", path, f"{path}: image data is corrupt or truncated ({e}); re-export or remove it") from e
 

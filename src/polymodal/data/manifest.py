@@ -7,6 +7,7 @@ while reading (undecodable bytes, malformed JSON) are collected on the manifest 
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
 import json
@@ -79,14 +80,26 @@ class Manifest:
         return Manifest(self.path, self.root, self.columns, keep, [p for p in self.parse_problems if p.row not in rows])
 
     def write(self, path: str | os.PathLike) -> Path:
-        """Write the manifest (format from the suffix); media paths stay relative to the new file's folder."""
+        """Write the manifest (format from the suffix); media paths stay relative to the new file's folder.
+
+        Raises:
+            ManifestError: an unknown suffix, or media that would lie outside the new file's folder.
+        """
         from .._paths import atomic_write_bytes
 
         path = Path(path)
         suffix = path.suffix.lower()
         if suffix not in MANIFEST_SUFFIXES:
             raise ManifestError(f"{path}: unknown manifest format {suffix!r}; use one of {', '.join(MANIFEST_SUFFIXES)}")
-        records = [self._record_for(e, path.parent.resolve()) for e in self.examples]
+        new_root = path.parent.resolve()
+        escaping = [p for e in self.examples for m in ("image", "audio")
+                    if (p := e.get(m)) is not None and inside_root(p, self.root) and not inside_root(p, new_root)]
+        if escaping:
+            raise ManifestError(
+                f"{path}: {len(escaping)} media paths (e.g. {escaping[0]}) would point outside {new_root}, which "
+                f"check_manifest refuses (path_escapes_root); write the manifest in {self.root} or a folder above it"
+            )
+        records = [self._record_for(e, new_root) for e in self.examples]
         columns = list(self.columns)
         if suffix == ".csv":
             buf = io.StringIO()
@@ -158,9 +171,9 @@ def _example(row: int, rec: dict[str, object], root: Path) -> Example:
 
     ex = Example(row=row, raw=rec)
     ex.text = cell("text")
-    ex.label = cell("label")
-    ex.label = ex.label.strip() if ex.label is not None else None
-    ex.split = cell("split")
+    label, split = cell("label"), cell("split")
+    ex.label = label.strip() if label is not None else None
+    ex.split = split.strip() if split is not None else None
     for m in ("image", "audio"):
         v = cell(m)
         if v is not None:
@@ -202,7 +215,8 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[dict[str, object]], list[Pr
     rows: list[dict[str, object]] = []
     problems: list[Problem] = []
     row = 0
-    for line_no, raw in enumerate(path.read_bytes().splitlines(), start=1):
+    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)  # as CSV's utf-8-sig: some editors write a BOM
+    for line_no, raw in enumerate(data.splitlines(), start=1):
         if not raw.strip():
             continue
         row += 1
@@ -262,6 +276,12 @@ def _load_folder(root: Path) -> Manifest:
             f"(extensions: {', '.join(IMAGE_EXTENSIONS + AUDIO_EXTENSIONS)})"
         )
     return Manifest(root, root.resolve(), (media_column, "label"), examples, [])
+
+
+def inside_root(path: Path, root: Path) -> bool:
+    # realpath also catches a symlink inside the folder that points out of it.
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return real == base or real.startswith(base.rstrip(os.sep) + os.sep)
 
 
 def _is_int(s: str) -> bool:
