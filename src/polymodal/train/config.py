@@ -1,0 +1,198 @@
+"""Training configuration: frozen dataclasses, one per concern, saved as YAML next to every checkpoint.
+
+Every field has a comment that says what it means; ``polymodal init`` writes them into a starter config.
+A bad value fails in ``__post_init__`` with a message naming the field, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ConfigError
+from ..models import EncoderConfig
+
+TUNING_MODES = ("linear_probe", "full", "lora")
+FUSION_KINDS = ("early", "gated", "cross_attention", "late")
+METRICS = ("accuracy", "macro_f1")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    manifest: str  # manifest file (.csv, .jsonl, .parquet) or <root>/<label>/<file> folder
+    skip_bad: bool = False  # train without rows that fail `polymodal data check` (counted) instead of refusing
+    val_fraction: float = 0.1  # without a 'val' split, this share of 'train' (stratified) validates
+    test_fraction: float = 0.2  # without any split column, this share of all rows (stratified) is the test set
+    seed: int = 0  # seed of any split made here
+
+    def __post_init__(self):
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"data.val_fraction: must be in [0, 1), got {self.val_fraction}")
+        if not 0 <= self.test_fraction < 1:
+            raise ConfigError(f"data.test_fraction: must be in [0, 1), got {self.test_fraction}")
+
+
+@dataclass(frozen=True)
+class FusionConfig:
+    kind: str = "early"  # early | gated | cross_attention | late
+    hidden: int = 256  # width of the fusion MLP / projections (d_model for cross_attention)
+    dropout: float = 0.1  # dropout in the head
+    layers: int = 2  # cross_attention: transformer layers
+    heads: int = 4  # cross_attention: attention heads
+    combine: str = "learned"  # late: combine the per-modality heads by learned weights or 'mean'
+
+    def __post_init__(self):
+        if self.kind not in FUSION_KINDS:
+            raise ConfigError(f"model.fusion.kind: {self.kind!r} is not one of {', '.join(FUSION_KINDS)}")
+        if self.combine not in ("learned", "mean"):
+            raise ConfigError(f"model.fusion.combine: {self.combine!r} is not 'learned' or 'mean'")
+        if self.hidden < 1 or not 0 <= self.dropout < 1:
+            raise ConfigError("model.fusion.hidden must be >= 1 and model.fusion.dropout in [0, 1)")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    encoders: dict[str, EncoderConfig]  # modality (text, image, audio) -> encoder
+    fusion: FusionConfig = field(default_factory=FusionConfig)
+
+    def __post_init__(self):
+        if not self.encoders:
+            raise ConfigError("model.encoders: name at least one modality's encoder, e.g. {image: efficientnet-lite0}")
+        for modality in self.encoders:
+            if modality not in ("text", "image", "audio"):
+                raise ConfigError(f"model.encoders: {modality!r} is not a modality (text, image, audio)")
+
+
+@dataclass(frozen=True)
+class TuningConfig:
+    mode: str = "linear_probe"  # linear_probe (frozen encoders, cached features) | full | lora
+    lora_r: int = 8  # LoRA rank
+    lora_alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
+    lora_dropout: float = 0.0  # dropout on the LoRA branch
+    lora_targets: tuple[str, ...] | None = None  # module names to adapt; None: each encoder's attention/1x1 convs
+    unfreeze_after_epochs: int = 0  # full: keep encoders frozen for this many epochs first (head warm-up)
+
+    def __post_init__(self):
+        if self.mode not in TUNING_MODES:
+            raise ConfigError(f"tuning.mode: {self.mode!r} is not one of {', '.join(TUNING_MODES)}")
+        if self.lora_r < 1:
+            raise ConfigError(f"tuning.lora_r: must be at least 1, got {self.lora_r}")
+        if self.unfreeze_after_epochs < 0:
+            raise ConfigError("tuning.unfreeze_after_epochs: must be >= 0")
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    epochs: int = 10  # passes over the training set
+    batch_size: int = 32  # examples per optimiser step, before accumulation
+    lr: float = 1e-3  # peak learning rate of the head (AdamW)
+    encoder_lr: float = 5e-5  # peak learning rate of encoder weights or adapters (full, lora)
+    weight_decay: float = 0.01  # AdamW decoupled weight decay
+    warmup_ratio: float = 0.1  # share of steps with linear warm-up before the cosine decay
+    grad_accum: int = 1  # micro-batches per optimiser step
+    clip_norm: float = 1.0  # gradient clipping by global norm; 0 disables
+    amp: str = "auto"  # mixed precision: auto (bf16 on CUDA, off on CPU) | off | bf16 | fp16
+    class_weighting: bool = False  # weigh the loss by inverse class frequency (imbalanced data)
+    early_stopping: int = 0  # stop after this many epochs without a better validation metric; 0 disables
+    metric: str = "macro_f1"  # validation metric that picks the best checkpoint: accuracy | macro_f1
+    checkpoint_every: int = 0  # also checkpoint every N optimiser steps (mid-epoch resume); 0: per epoch only
+    seed: int = 0  # seed of initialisation, data order and augmentation
+    device: str = "auto"  # auto | cpu | cuda
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size", "grad_accum"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"optim.{name}: must be at least 1, got {getattr(self, name)}")
+        if self.lr <= 0 or self.encoder_lr <= 0:
+            raise ConfigError("optim.lr and optim.encoder_lr must be positive")
+        if self.amp not in ("auto", "off", "bf16", "fp16"):
+            raise ConfigError(f"optim.amp: {self.amp!r} is not auto, off, bf16 or fp16")
+        if self.metric not in METRICS:
+            raise ConfigError(f"optim.metric: {self.metric!r} is not one of {', '.join(METRICS)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ConfigError(f"optim.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    data: DataConfig
+    model: ModelConfig
+    tuning: TuningConfig = field(default_factory=TuningConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    out_dir: str = "runs/run"  # where checkpoints, logs and the report go
+
+    def to_dict(self) -> dict[str, Any]:
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x
+
+
+def _build(cls, values: Any, where: str):
+    if not isinstance(values, dict):
+        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+    try:
+        return cls(**values)
+    except TypeError as e:
+        raise ConfigError(f"{where}: {e}") from e
+
+
+def config_from_dict(d: dict[str, Any]) -> TrainConfig:
+    """Rebuild a TrainConfig from its dict form (as saved in YAML), naming the field of any error."""
+    d = dict(d)
+    for required in ("data", "model"):
+        if required not in d:
+            raise ConfigError(f"{required}: missing section")
+    model = dict(d["model"])
+    encoders = model.get("encoders")
+    if not isinstance(encoders, dict):
+        raise ConfigError("model.encoders: a mapping modality -> encoder (a name, or {model: ..., ...})")
+    model["encoders"] = {
+        m: _build(EncoderConfig, {"model": e} if isinstance(e, str) else e, f"model.encoders.{m}") for m, e in encoders.items()
+    }
+    model["fusion"] = _build(FusionConfig, model.get("fusion", {}), "model.fusion")
+    tuning = dict(d.get("tuning", {}))
+    if tuning.get("lora_targets") is not None:
+        tuning["lora_targets"] = tuple(tuning["lora_targets"])
+    return _build(TrainConfig, {
+        **{k: v for k, v in d.items() if k not in ("data", "model", "tuning", "optim")},
+        "data": _build(DataConfig, d["data"], "data"),
+        "model": _build(ModelConfig, model, "model"),
+        "tuning": _build(TuningConfig, tuning, "tuning"),
+        "optim": _build(OptimConfig, d.get("optim", {}), "optim"),
+    }, "config")
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    import yaml
+
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such config file; `polymodal init MANIFEST` writes a starter one")
+    try:
+        d = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+    try:
+        return config_from_dict(d or {})
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+def save_config(cfg: TrainConfig, path: str | Path) -> None:
+    import yaml
+
+    from .._paths import atomic_write_text
+
+    atomic_write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,411 @@
+"""The one training loop: every fusion head and tuning mode goes through ``train``; read it top to bottom.
+
+AdamW with linear warm-up then cosine decay, gradient accumulation and clipping, mixed precision on CUDA,
+class weighting, early stopping on a validation metric, atomic checkpoints with exact resume (weights, optimiser,
+scheduler, RNG and the position in a seeded data order), CSV and TensorBoard logs, and DistributedDataParallel
+under ``torchrun`` (gloo on CPU, NCCL on GPU).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..data import load_manifest, require_clean
+from ..errors import ConfigError, PolymodalError
+from ..fusion import build_fusion
+from ..models import build_encoder
+from ..tuning import apply_lora
+from . import checkpoint as ckpt
+from .config import TrainConfig, save_config
+from .data import FeatureTable, Splits, batch_order, make_splits, raw_batch
+from .model import MultimodalClassifier
+
+log = logging.getLogger(__name__)
+LOG_FIELDS = ("epoch", "step", "train_loss", "lr", "val_loss", "val_accuracy", "val_macro_f1", "seconds")
+
+
+class NonFiniteLossError(PolymodalError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Inputs:
+    """How batches are made for a split: from cached features (linear probe) or raw inputs (full, LoRA)."""
+
+    examples: list
+    targets: torch.Tensor
+    table: FeatureTable | None
+
+    def batch(self, idx: torch.Tensor, model: MultimodalClassifier, train: bool, rng: np.random.Generator):
+        if self.table is not None:
+            return self.table.batch(idx)
+        return raw_batch([self.examples[i] for i in idx.tolist()], dict(model.encoders), train, rng)
+
+
+def _distributed() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _device(cfg: TrainConfig, rank: int) -> torch.device:
+    want = cfg.optim.device
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", rank % max(1, torch.cuda.device_count()))
+    return torch.device("cpu")
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    amp = cfg.optim.amp
+    if amp == "off" or (amp == "auto" and device.type != "cuda"):
+        return contextlib.nullcontext()
+    dtype = torch.float16 if amp == "fp16" else torch.bfloat16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def check_config_against_manifest(cfg: TrainConfig, columns: tuple[str, ...]) -> None:
+    """Fail before any work when the config asks for something the manifest cannot give."""
+    for modality in cfg.model.encoders:
+        if modality not in columns:
+            raise ConfigError(f"model.encoders.{modality}: the manifest {cfg.data.manifest} has no {modality!r} column "
+                              f"(columns: {', '.join(columns)})")
+    if "label" not in columns:
+        raise ConfigError(f"data.manifest: {cfg.data.manifest} has no 'label' column to train on")
+
+
+def build_classifier(cfg: TrainConfig, num_classes: int, dims: dict[str, int] | None = None) -> tuple[MultimodalClassifier, dict[str, int]]:
+    """The model of a run, rebuilt from its config alone. ``dims`` are the feature sizes of a linear probe.
+
+    Returns:
+        the classifier and its count of parameters per group: trainable, total.
+    """
+    mode = cfg.tuning.mode
+    sequence = cfg.model.fusion.kind == "cross_attention"
+    encoders = None
+    if mode != "linear_probe":
+        encoders = {m: build_encoder(e) for m, e in cfg.model.encoders.items()}
+        dims = {m: (enc.seq_dim if sequence else enc.dim) for m, enc in encoders.items()}
+    assert dims is not None, "a linear probe needs the feature sizes"
+    f = cfg.model.fusion
+    extra = {"layers": f.layers, "heads": f.heads} if f.kind == "cross_attention" else {}
+    if f.kind == "late":
+        head = build_fusion("late", dims, num_classes, combine=f.combine, dropout=f.dropout)
+    elif f.kind == "cross_attention":
+        head = build_fusion(f.kind, dims, num_classes, d_model=f.hidden, dropout=f.dropout, **extra)
+    else:
+        head = build_fusion(f.kind, dims, num_classes, hidden=f.hidden, dropout=f.dropout)
+    model = MultimodalClassifier(head, encoders, sequence=sequence)
+    if mode == "lora":
+        for enc in model.encoders.values():
+            t = cfg.tuning
+            apply_lora(enc, r=t.lora_r, alpha=t.lora_alpha, dropout=t.lora_dropout, targets=t.lora_targets)
+    counts = {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+              "total": sum(p.numel() for p in model.parameters())}
+    return model, counts
+
+
+def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return f
+
+
+def _set_encoders_trainable(model: MultimodalClassifier, mode: str, trainable: bool) -> None:
+    if mode != "full":
+        return
+    for enc in model.encoders.values():
+        enc.requires_grad_(trainable)
+
+
+@torch.no_grad()
+def predict_split(model: MultimodalClassifier, inputs: Inputs, batch_size: int, device: torch.device,
+                  cfg: TrainConfig, drop: str | None = None) -> torch.Tensor:
+    """Class probabilities (n, classes) for a split, optionally with one modality dropped (its presence False)."""
+    model.eval()
+    probs = []
+    rng = np.random.default_rng(0)
+    for idx in batch_order(len(inputs.examples), batch_size, 0, 0, shuffle=False):
+        batch = inputs.batch(idx, model, train=False, rng=rng)
+        batch = _drop_modality(batch, drop)
+        with _autocast(cfg, device):
+            logits = model(_to(batch, device))
+        probs.append(logits.float().softmax(-1).cpu())
+    return torch.cat(probs) if probs else torch.zeros(0)
+
+
+def _drop_modality(batch, drop: str | None):
+    if drop is None:
+        return batch
+    if isinstance(batch, dict):
+        f = batch[drop]
+        batch = dict(batch)
+        batch[drop] = type(f)(pooled=torch.zeros_like(f.pooled), present=torch.zeros_like(f.present),
+                              sequence=f.sequence, mask=None if f.mask is None else torch.zeros_like(f.mask))
+        return batch
+    batch.present = {**batch.present, drop: torch.zeros_like(batch.present[drop])}
+    batch.inputs = {**batch.inputs, drop: {}}
+    return batch
+
+
+def _to(batch, device: torch.device):
+    if device.type == "cpu":
+        return batch
+    if isinstance(batch, dict):
+        return {m: type(f)(**{k: (None if v is None else v.to(device)) for k, v in vars(f).items()}) for m, f in batch.items()}
+    return batch
+
+
+def scores(targets: torch.Tensor, probs: torch.Tensor) -> dict[str, float]:
+    from sklearn.metrics import accuracy_score, f1_score
+
+    pred = probs.argmax(-1).numpy()
+    y = targets.numpy()
+    return {"accuracy": float(accuracy_score(y, pred)), "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0))}
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
+          on_step: Callable[[int, float], None] | None = None) -> Path:
+    """Train a run described by ``cfg``; returns the run folder.
+
+    Args:
+        resume: continue from ``out_dir/checkpoint`` exactly where it stopped.
+        on_step: called after every optimiser step with (global step, loss); may raise to stop the run.
+    """
+    rank, world = _distributed()
+    device = _device(cfg, rank)
+    main_process = rank == 0
+    run_dir = Path(cfg.out_dir)
+    if run_dir.exists() and (run_dir / ckpt.CHECKPOINT_DIR).exists() and not resume:
+        raise PolymodalError(f"{run_dir} already holds a run; pass --resume to continue it, or choose another out_dir")
+    torch.manual_seed(cfg.optim.seed)
+    np.random.seed(cfg.optim.seed)
+
+    # --- data: checked, split, and (linear probe) encoded once into the feature cache -------------------------
+    manifest = load_manifest(cfg.data.manifest)
+    check_config_against_manifest(cfg, manifest.columns)
+    manifest = require_clean(manifest, skip_bad=cfg.data.skip_bad, progress=progress and main_process)
+    splits = make_splits(manifest, cfg.data)
+    sequence = cfg.model.fusion.kind == "cross_attention"
+    probe = cfg.tuning.mode == "linear_probe"
+
+    def inputs(examples: list) -> Inputs:
+        table = FeatureTable(examples, cfg.model.encoders, sequence, progress=progress and main_process) if probe and examples else None
+        return Inputs(examples, splits.targets(examples), table)
+
+    train_in, val_in, test_in = inputs(splits.train), inputs(splits.val), inputs(splits.test)
+
+    # --- model, optimiser, schedule -----------------------------------------------------------------------------
+    model, counts = build_classifier(cfg, len(splits.labels), train_in.table.dims() if probe else None)
+    model.to(device)
+    if main_process:
+        log.info("parameters: %s trainable of %s", f"{counts['trainable']:,}", f"{counts['total']:,}")
+        print(f"{cfg.tuning.mode}: {counts['trainable']:,} trainable parameters of {counts['total']:,} "
+              f"({100 * counts['trainable'] / max(1, counts['total']):.2f} %)")
+    head_params = [p for p in model.head.parameters() if p.requires_grad]
+    enc_params = [p for p in model.encoders.parameters() if p.requires_grad]
+    groups = [{"params": head_params, "lr": cfg.optim.lr}]
+    if enc_params:
+        groups.append({"params": enc_params, "lr": cfg.optim.encoder_lr})
+    optimizer = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
+    steps_per_epoch = math.ceil(len(batch_order(len(splits.train), cfg.optim.batch_size, 0, 0, False, rank, world)) / cfg.optim.grad_accum)
+    total_steps = steps_per_epoch * cfg.optim.epochs
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, int(cfg.optim.warmup_ratio * total_steps)))
+    counts_per_class = torch.bincount(train_in.targets, minlength=len(splits.labels)).float()
+    weight = (counts_per_class.sum() / (len(splits.labels) * counts_per_class.clamp_min(1))) if cfg.optim.class_weighting else None
+    loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.optim.amp == "fp16" and device.type == "cuda")
+
+    # --- resume ----------------------------------------------------------------------------------------------------
+    position = {"epoch": 0, "batch": 0, "global_step": 0, "best": None, "bad_epochs": 0}
+    if resume:
+        found = ckpt.load_checkpoint(run_dir, model, optimizer, scheduler)
+        if found is None:
+            raise PolymodalError(f"{run_dir}: no checkpoint to resume from; start the run without --resume")
+        position = found
+        _truncate_log(run_dir / "log.csv", position["global_step"])
+        print(f"resuming {run_dir} at epoch {position['epoch'] + 1}, step {position['global_step']}")
+    elif main_process:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.yaml")
+        ckpt.write_json(run_dir / "labels.json", splits.labels)
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    writer = _tensorboard(run_dir) if main_process else None
+
+    # --- the loop ----------------------------------------------------------------------------------------------------
+    global_step = position["global_step"]
+    start = time.perf_counter()
+    for epoch in range(position["epoch"], cfg.optim.epochs):
+        _set_encoders_trainable(model, cfg.tuning.mode, epoch >= cfg.tuning.unfreeze_after_epochs)
+        batches = batch_order(len(splits.train), cfg.optim.batch_size, cfg.optim.seed, epoch, True, rank, world)
+        steps = [batches[i : i + cfg.optim.grad_accum] for i in range(0, len(batches), cfg.optim.grad_accum)]
+        first = position["batch"] if epoch == position["epoch"] else 0
+        bar = tqdm(total=len(steps), initial=first, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="step",
+                   disable=not (progress and main_process), leave=False)
+        model.train()
+        for step_in_epoch in range(first, len(steps)):
+            optimizer.zero_grad(set_to_none=True)
+            total_loss = 0.0
+            for micro, idx in enumerate(steps[step_in_epoch]):
+                rng = np.random.default_rng([cfg.optim.seed, epoch, step_in_epoch, micro, rank])
+                batch = train_in.batch(idx, model, train=True, rng=rng)
+                sync = contextlib.nullcontext() if world == 1 or micro == len(steps[step_in_epoch]) - 1 else ddp.no_sync()
+                with sync, _autocast(cfg, device):
+                    loss = loss_fn(ddp(_to(batch, device)).float(), train_in.targets[idx].to(device))
+                    scaler.scale(loss / len(steps[step_in_epoch])).backward()
+                total_loss += loss.item() / len(steps[step_in_epoch])
+            if not math.isfinite(total_loss):
+                raise NonFiniteLossError(
+                    f"the training loss became {total_loss} at step {global_step + 1} (epoch {epoch + 1}); the last good "
+                    f"checkpoint in {run_dir / ckpt.CHECKPOINT_DIR} is kept. Lower optim.lr, enable optim.clip_norm, "
+                    "or check the inputs for extreme values")
+            if cfg.optim.clip_norm > 0:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.clip_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            global_step += 1
+            bar.set_postfix(loss=f"{total_loss:.4f}")
+            bar.update(1)
+            if main_process:
+                _log(run_dir, writer, {"epoch": epoch + 1, "step": global_step, "train_loss": f"{total_loss:.6f}",
+                                       "lr": f"{scheduler.get_last_lr()[0]:.3e}", "seconds": f"{time.perf_counter() - start:.2f}"})
+            if cfg.optim.checkpoint_every and global_step % cfg.optim.checkpoint_every == 0 and main_process:
+                ckpt.save_checkpoint(run_dir, model, cfg.tuning.mode, optimizer, scheduler,
+                                     {**position, "epoch": epoch, "batch": step_in_epoch + 1, "global_step": global_step})
+            if on_step is not None:
+                on_step(global_step, total_loss)
+        bar.close()
+
+        # --- validate, keep the best, maybe stop ---------------------------------------------------------------
+        stop = False
+        if main_process:
+            val_inputs = val_in if val_in.examples else train_in
+            probs = predict_split(model, val_inputs, cfg.optim.batch_size, device, cfg)
+            val = scores(val_inputs.targets, probs)
+            val_loss = float(nn.functional.nll_loss(probs.clamp_min(1e-12).log(), val_inputs.targets))
+            _log(run_dir, writer, {"epoch": epoch + 1, "step": global_step, "val_loss": f"{val_loss:.6f}",
+                                   "val_accuracy": f"{val['accuracy']:.4f}", "val_macro_f1": f"{val['macro_f1']:.4f}",
+                                   "seconds": f"{time.perf_counter() - start:.2f}"})
+            metric = val[cfg.optim.metric]
+            if position["best"] is None or metric > position["best"]:
+                position["best"], position["bad_epochs"] = metric, 0
+                ckpt.save_weights(run_dir / ckpt.WEIGHTS, ckpt.weights_to_save(model, cfg.tuning.mode),
+                                  {"epoch": str(epoch + 1), cfg.optim.metric: f"{metric:.4f}"})
+            else:
+                position["bad_epochs"] += 1
+            stop = bool(cfg.optim.early_stopping) and position["bad_epochs"] >= cfg.optim.early_stopping
+            ckpt.save_checkpoint(run_dir, model, cfg.tuning.mode, optimizer, scheduler,
+                                 {**position, "epoch": epoch + 1, "batch": 0, "global_step": global_step})
+            if stop:
+                print(f"early stopping after epoch {epoch + 1}: no better val {cfg.optim.metric} for "
+                      f"{cfg.optim.early_stopping} epochs")
+        if world > 1:
+            flag = torch.tensor([int(stop)], device=device)
+            torch.distributed.broadcast(flag, 0)
+            stop = bool(flag.item())
+        position["epoch"] = epoch + 1
+        if stop:
+            break
+
+    # --- test with the best weights ----------------------------------------------------------------------------
+    if main_process:
+        ckpt.load_weights(model, run_dir / ckpt.WEIGHTS)
+        _finish(run_dir, cfg, model, splits, test_in, device, counts, time.perf_counter() - start)
+    if writer is not None:
+        writer.close()
+    if world > 1:
+        torch.distributed.barrier()
+    return run_dir
+
+
+def _finish(run_dir: Path, cfg: TrainConfig, model, splits: Splits, test_in: Inputs, device, counts, seconds: float) -> None:
+    result = {"parameters": counts, "train_seconds": round(seconds, 2), "labels": splits.labels,
+              "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test)}
+    if test_in.examples:
+        probs = predict_split(model, test_in, cfg.optim.batch_size, device, cfg)
+        result["test"] = scores(test_in.targets, probs)
+        _write_predictions(run_dir / "predictions.csv", test_in, probs, splits.labels)
+        if len(cfg.model.encoders) > 1:
+            result["ablation"] = {m: scores(test_in.targets, predict_split(model, test_in, cfg.optim.batch_size, device, cfg, drop=m))
+                                  for m in cfg.model.encoders}
+        print(f"test: accuracy {result['test']['accuracy']:.4f}, macro-F1 {result['test']['macro_f1']:.4f} "
+              f"({len(splits.test)} examples)")
+    gates = getattr(model.head, "last_gates", None)
+    if gates is not None:
+        result["gates"] = dict(zip(model.head.modalities, gates.mean(0).tolist()))
+    if hasattr(model.head, "modality_weights"):
+        result["late_weights"] = model.head.modality_weights()
+    ckpt.write_json(run_dir / "metrics.json", result)
+
+
+def _write_predictions(path: Path, inputs: Inputs, probs: torch.Tensor, labels: list[str]) -> None:
+    import io
+
+    from .._paths import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["row", "label", "prediction", *[f"p_{label}" for label in labels]])
+    pred = probs.argmax(-1).tolist()
+    for ex, p, row in zip(inputs.examples, pred, probs.tolist()):
+        w.writerow([ex.row, ex.label, labels[p], *[f"{x:.6f}" for x in row]])
+    atomic_write_text(path, buf.getvalue())
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        log.info("tensorboard is not installed; logging to log.csv only (pip install tensorboard)")
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
+
+
+def _log(run_dir: Path, writer, row: dict[str, object]) -> None:
+    path = run_dir / "log.csv"
+    new = not path.exists()
+    with open(path, "a", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=LOG_FIELDS)
+        if new:
+            w.writeheader()
+        w.writerow(row)
+    if writer is not None:
+        for k, v in row.items():
+            if k not in ("epoch", "step") and v not in ("", None):
+                writer.add_scalar(k, float(v), int(row["step"]))
+
+
+def _truncate_log(path: Path, global_step: int) -> None:
+    """Drop log rows written after the checkpoint a run resumes from (they will be written again)."""
+    if not path.exists():
+        return
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if int(r["step"]) <= global_step]
+    from .._paths import atomic_write_text
+    import io
+
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())

@@ -1,0 +1,78 @@
+"""LoRA (Hu et al. 2021) on encoders through the peft library: inject, save only the adapter, merge.
+
+This family changes weights. Methods that change the input (learned soft prompts) live apart, in
+``tuning/prompts.py``.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import nn
+
+# Suffixes of the attention projections LoRA adapts in transformer encoders (BERT: query/value; CLIP, Whisper,
+# wav2vec2: q_proj/v_proj), as in the LoRA paper's W_q, W_v choice.
+ATTENTION_TARGETS = ("query", "value", "q_proj", "v_proj")
+
+
+def default_targets(encoder: nn.Module) -> list[str]:
+    """Full names of the modules to adapt: attention q/v projections when the encoder has them, else its 1x1
+    convolutions and linear layers (EfficientNet's expand/project convs), else every convolution."""
+    named = [(n, m) for n, m in encoder.named_modules() if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv1d))]
+    attention = [n for n, _ in named if n.split(".")[-1] in ATTENTION_TARGETS]
+    if attention:
+        return attention
+    pointwise = [n for n, m in named if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1))]
+    return pointwise or [n for n, _ in named]
+
+
+def apply_lora(encoder: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.0,
+               targets: list[str] | tuple[str, ...] | None = None) -> int:
+    """Inject LoRA adapters into ``encoder`` in place and freeze everything else in it.
+
+    Args:
+        targets: module names (exact, or suffixes as peft matches them); default: ``default_targets``.
+
+    Returns:
+        the number of trainable (adapter) parameters.
+    """
+    from peft import LoraConfig, inject_adapter_in_model
+
+    names = list(targets) if targets else default_targets(encoder)
+    if not names:
+        raise ValueError("tuning.lora_targets: the encoder has no linear or convolution layers to adapt")
+    pattern = "^(" + "|".join(re.escape(n) if targets is None else f"(.*\\.)?{re.escape(n)}" for n in names) + ")$"
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern)
+    try:
+        inject_adapter_in_model(config, encoder)
+    except ValueError as e:
+        raise ValueError(f"tuning.lora_targets: {e}") from e
+    for name, p in encoder.named_parameters():
+        p.requires_grad = "lora_" in name
+    return sum(p.numel() for p in encoder.parameters() if p.requires_grad)
+
+
+def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Only the adapter weights of ``model`` (any module containing LoRA layers), by full parameter name."""
+    return {n: p.detach().clone() for n, p in model.named_parameters() if "lora_" in n}
+
+
+def merge_lora(model: nn.Module) -> nn.Module:
+    """Fold every LoRA adapter into its base layer and remove the adapter modules (in place).
+
+    The merged model computes the same function without the extra matmuls, and saves as a plain model.
+    """
+    from peft.tuners.lora import LoraLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, LoraLayer):
+            module.merge()
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name) if parent_name else model
+            setattr(parent, child, module.get_base_layer())
+    return model
+
+
+def has_lora(model: nn.Module) -> bool:
+    return any("lora_" in n for n, _ in model.named_parameters())
