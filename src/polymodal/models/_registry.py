@@ -165,7 +165,9 @@ def encoder_key(cfg: EncoderConfig) -> str:
         path = resolve_model(ref)
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         fingerprint = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
-    settings = {k: v for k, v in asdict(cfg).items() if k != "augment"}
+    # The modality field counts only through the tower it selects, so "minilm" and "minilm" for text share a cache.
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("augment", "modality")}
+    settings["tower"] = encoder_modality(cfg)
     blob = json.dumps([settings, fingerprint, PREPROCESS_VERSION], sort_keys=True, default=str)
     slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(cfg.model).name)[:40]
     return f"{slug}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"

@@ -2,6 +2,7 @@
 
 from .config import DataConfig, FusionConfig, ModelConfig, OptimConfig, TrainConfig, TuningConfig, load_config, save_config
 from .loop import NonFiniteLossError, build_classifier, train
+from .run import Run, load_run
 
-__all__ = ["DataConfig", "FusionConfig", "ModelConfig", "NonFiniteLossError", "OptimConfig", "TrainConfig",
-           "TuningConfig", "build_classifier", "load_config", "save_config", "train"]
+__all__ = ["DataConfig", "FusionConfig", "ModelConfig", "NonFiniteLossError", "OptimConfig", "Run", "TrainConfig",
+           "TuningConfig", "build_classifier", "load_config", "load_run", "save_config", "train"]

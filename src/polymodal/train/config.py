@@ -21,7 +21,7 @@ METRICS = ("accuracy", "macro_f1")
 
 @dataclass(frozen=True)
 class DataConfig:
-    manifest: str  # manifest file (.csv, .jsonl, .parquet) or <root>/<label>/<file> folder
+    manifest: str  # manifest file (.csv, .jsonl, .parquet) or <root>/<label>/<file> folder, relative to this config
     skip_bad: bool = False  # train without rows that fail `polymodal data check` (counted) instead of refusing
     val_fraction: float = 0.1  # without a 'val' split, this share of 'train' (stratified) validates
     test_fraction: float = 0.2  # without any split column, this share of all rows (stratified) is the test set
@@ -159,7 +159,9 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     if not isinstance(encoders, dict):
         raise ConfigError("model.encoders: a mapping modality -> encoder (a name, or {model: ..., ...})")
     model["encoders"] = {
-        m: _build(EncoderConfig, {"model": e} if isinstance(e, str) else e, f"model.encoders.{m}") for m, e in encoders.items()
+        # The key names the modality, which also picks the tower of a two-tower model such as CLIP.
+        m: _build(EncoderConfig, {"modality": m, **({"model": e} if isinstance(e, str) else e)}, f"model.encoders.{m}")
+        for m, e in encoders.items()
     }
     model["fusion"] = _build(FusionConfig, model.get("fusion", {}), "model.fusion")
     tuning = dict(d.get("tuning", {}))
@@ -185,9 +187,13 @@ def load_config(path: str | Path) -> TrainConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     try:
-        return config_from_dict(d or {})
+        cfg = config_from_dict(d or {})
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
+    manifest = Path(cfg.data.manifest)
+    if not manifest.is_absolute():  # a relative manifest path is relative to the config file, wherever we run
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, manifest=str(path.parent / manifest)))
+    return cfg
 
 
 def save_config(cfg: TrainConfig, path: str | Path) -> None:

@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..data import load_manifest, require_clean
 from ..errors import ConfigError, PolymodalError
 from ..fusion import build_fusion
-from ..models import build_encoder
+from ..models import build_encoder, encoder_modality
 from ..tuning import apply_lora
 from . import checkpoint as ckpt
 from .config import TrainConfig, save_config
@@ -80,7 +80,14 @@ def _autocast(cfg: TrainConfig, device: torch.device):
 
 
 def check_config_against_manifest(cfg: TrainConfig, columns: tuple[str, ...]) -> None:
-    """Fail before any work when the config asks for something the manifest cannot give."""
+    """Fail before any work when the config asks for something the manifest or this machine cannot give."""
+    for modality, enc in cfg.model.encoders.items():
+        try:
+            found = encoder_modality(enc)
+        except PolymodalError as e:
+            raise ConfigError(f"model.encoders.{modality}: {e}") from e
+        if found != modality:
+            raise ConfigError(f"model.encoders.{modality}: {enc.model!r} encodes {found}, not {modality}")
     for modality in cfg.model.encoders:
         if modality not in columns:
             raise ConfigError(f"model.encoders.{modality}: the manifest {cfg.data.manifest} has no {modality!r} column "
@@ -89,19 +96,29 @@ def check_config_against_manifest(cfg: TrainConfig, columns: tuple[str, ...]) ->
         raise ConfigError(f"data.manifest: {cfg.data.manifest} has no 'label' column to train on")
 
 
-def build_classifier(cfg: TrainConfig, num_classes: int, dims: dict[str, int] | None = None) -> tuple[MultimodalClassifier, dict[str, int]]:
-    """The model of a run, rebuilt from its config alone. ``dims`` are the feature sizes of a linear probe.
+def build_classifier(cfg: TrainConfig, num_classes: int, dims: dict[str, int] | None = None,
+                     live_encoders: bool | None = None) -> tuple[MultimodalClassifier, dict[str, int]]:
+    """The model of a run, rebuilt from its config alone.
+
+    Args:
+        dims: feature sizes per modality, for a linear probe trained on cached features (no live encoders).
+        live_encoders: attach the encoders (default: unless the mode is linear_probe). Prediction on new inputs
+            attaches them to a linear probe too, frozen.
 
     Returns:
-        the classifier and its count of parameters per group: trainable, total.
+        the classifier and its count of parameters: trainable, total.
     """
     mode = cfg.tuning.mode
     sequence = cfg.model.fusion.kind == "cross_attention"
     encoders = None
-    if mode != "linear_probe":
+    if live_encoders if live_encoders is not None else mode != "linear_probe":
         encoders = {m: build_encoder(e) for m, e in cfg.model.encoders.items()}
         dims = {m: (enc.seq_dim if sequence else enc.dim) for m, enc in encoders.items()}
-    assert dims is not None, "a linear probe needs the feature sizes"
+        if mode == "linear_probe":
+            for enc in encoders.values():
+                enc.requires_grad_(False)
+    if dims is None:
+        raise ValueError("build_classifier: a linear probe without live encoders needs the feature sizes (dims)")
     f = cfg.model.fusion
     extra = {"layers": f.layers, "heads": f.heads} if f.kind == "cross_attention" else {}
     if f.kind == "late":
@@ -323,7 +340,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             flag = torch.tensor([int(stop)], device=device)
             torch.distributed.broadcast(flag, 0)
             stop = bool(flag.item())
-        position["epoch"] = epoch + 1
+        position.update(epoch=epoch + 1, batch=0, global_step=global_step)
         if stop:
             break
 

@@ -1,0 +1,181 @@
+"""Every fusion head and every tuning mode through the same checks: train, save, reload, predict identically
+(the peft testing_common pattern). Plus exact resume, non-finite loss, bad configs and LoRA merging."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from _train_data import write_dataset
+from polymodal.data import load_manifest
+from polymodal.errors import ConfigError
+from polymodal.train import NonFiniteLossError, load_run, train
+from polymodal.train.config import config_from_dict
+from polymodal.tuning import merge_lora
+
+FUSIONS = ("early", "gated", "cross_attention", "late")
+MODES = ("linear_probe", "full", "lora")
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return write_dataset(tmp_path_factory.mktemp("data"))
+
+
+def make_config(dataset, tiny_model_dir, out, fusion="early", mode="linear_probe", **optim):
+    return config_from_dict({
+        "data": {"manifest": str(dataset)},
+        "model": {"encoders": {"text": str(tiny_model_dir("bert")), "image": str(tiny_model_dir("vit"))},
+                  "fusion": {"kind": fusion, "hidden": 16, "heads": 2}},
+        "tuning": {"mode": mode, "lora_r": 2},
+        "optim": {"epochs": 1, "batch_size": 6, "lr": 1e-2, "encoder_lr": 1e-3, **optim},
+        "out_dir": str(out),
+    })
+
+
+def _predictions(path):
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return torch.tensor([[float(v) for k, v in r.items() if k.startswith("p_")] for r in rows])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("fusion", FUSIONS)
+def test_train_save_reload_predict(dataset, tiny_model_dir, tmp_path, fusion, mode):
+    run_dir = train(make_config(dataset, tiny_model_dir, tmp_path / "run", fusion, mode), progress=False)
+    for name in ("config.yaml", "labels.json", "model.safetensors", "log.csv", "metrics.json", "predictions.csv"):
+        assert (run_dir / name).is_file(), name
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["n_test"] == 6 and 0 <= metrics["test"]["accuracy"] <= 1
+    assert set(metrics["ablation"]) == {"text", "image"}
+    losses = [float(r["train_loss"]) for r in csv.DictReader(open(run_dir / "log.csv")) if r["train_loss"]]
+    assert losses and all(torch.isfinite(torch.tensor(losses)))
+
+    saved = load_file(run_dir / "model.safetensors")
+    if mode == "linear_probe":
+        assert all(k.startswith("head.") for k in saved)
+    elif mode == "lora":
+        assert all(k.startswith("head.") or "lora_" in k for k in saved)
+        assert any("lora_" in k for k in saved)
+    else:
+        assert any(k.startswith("encoders.text.") for k in saved)
+
+    run = load_run(run_dir)
+    test = [e for e in load_manifest(dataset).examples if e.split == "test"]
+    torch.testing.assert_close(run.predict(test), _predictions(run_dir / "predictions.csv"), atol=2e-5, rtol=1e-4)
+
+
+def test_lora_trains_only_adapters_and_merges_to_identical_predictions(dataset, tiny_model_dir, tmp_path):
+    cfg = make_config(dataset, tiny_model_dir, tmp_path / "run", mode="lora")
+    before = {k: v.clone() for k, v in load_run_encoders(cfg).items()}
+    run_dir = train(cfg, progress=False)
+    run = load_run(run_dir)
+    after = {k.replace(".base_layer", ""): v for k, v in run.model.encoders.state_dict().items() if "lora_" not in k}
+    assert set(after) == set(before)
+    changed = [k for k in before if not torch.equal(before[k], after[k])]
+    assert changed == [], f"LoRA changed frozen encoder weights: {changed[:3]}"
+    examples = load_manifest(dataset).examples
+    adapted = run.predict(examples)
+    merge_lora(run.model)
+    assert not any("lora_" in n for n, _ in run.model.named_parameters())
+    torch.testing.assert_close(run.predict(examples), adapted, atol=1e-5, rtol=1e-4)
+
+
+def load_run_encoders(cfg):
+    from polymodal.models import build_encoder
+
+    return {f"{m}.{k}": v for m, e in cfg.model.encoders.items() for k, v in build_encoder(e).state_dict().items()}
+
+
+def test_missing_modality_rows_train_and_predict(dataset, tiny_model_dir, tmp_path):
+    examples = load_manifest(dataset).examples
+    assert any(not e.text for e in examples)  # the dataset has empty text cells
+    run = load_run(train(make_config(dataset, tiny_model_dir, tmp_path / "run", "gated"), progress=False))
+    only_images = [type(e)(row=e.row, image=e.image) for e in examples[:4]]
+    probs = run.predict(only_images)
+    assert probs.shape == (4, 3) and torch.allclose(probs.sum(-1), torch.ones(4))
+
+
+def _losses(run_dir):
+    return {int(r["step"]): float(r["train_loss"]) for r in csv.DictReader(open(run_dir / "log.csv")) if r["train_loss"]}
+
+
+@pytest.mark.parametrize("mode", ["linear_probe", "lora"])
+def test_interrupted_run_resumes_to_the_same_losses(dataset, tiny_model_dir, tmp_path, mode):
+    # 18 train rows / batch 4 = 5 steps per epoch; 3 epochs; interrupted at step 7, mid-epoch 2.
+    kwargs = dict(epochs=3, batch_size=4, checkpoint_every=2)
+    straight = train(make_config(dataset, tiny_model_dir, tmp_path / "a", "early", mode, **kwargs), progress=False)
+
+    def crash(step, loss):
+        if step == 7:
+            raise KeyboardInterrupt  # like Ctrl-C or a kill: step 7 is done but not checkpointed
+
+    cfg_b = make_config(dataset, tiny_model_dir, tmp_path / "b", "early", mode, **kwargs)
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg_b, progress=False, on_step=crash)
+    position = json.loads((tmp_path / "b" / "checkpoint" / "position.json").read_text())
+    assert position["global_step"] == 6 and position["epoch"] == 1 and position["batch"] == 1
+    resumed = train(cfg_b, resume=True, progress=False)
+    a, b = _losses(straight), _losses(resumed)
+    assert sorted(a) == sorted(b) == list(range(1, 16))
+    assert a == b  # exactly: same data order, dropout RNG, optimiser and schedule state
+    torch.testing.assert_close(load_file(straight / "model.safetensors"), load_file(resumed / "model.safetensors"))
+
+
+def test_non_finite_loss_stops_with_the_step_and_keeps_the_checkpoint(dataset, tiny_model_dir, tmp_path, monkeypatch):
+    from polymodal.train import data as train_data
+
+    original = train_data.FeatureTable.batch
+    calls = {"n": 0}
+
+    def poisoned(self, idx):
+        calls["n"] += 1
+        batch = original(self, idx)
+        if calls["n"] == 3:
+            batch["image"].pooled = torch.full_like(batch["image"].pooled, float("nan"))
+        return batch
+
+    monkeypatch.setattr(train_data.FeatureTable, "batch", poisoned)
+    cfg = make_config(dataset, tiny_model_dir, tmp_path / "run", epochs=2, batch_size=4, checkpoint_every=1)
+    with pytest.raises(NonFiniteLossError, match="step 3"):
+        train(cfg, progress=False)
+    assert json.loads((tmp_path / "run" / "checkpoint" / "position.json").read_text())["global_step"] == 2
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"model": {"encoders": {"text": "no-such-encoder-dir/"}}}, "model.encoders.text"),
+    ({"model": {"encoders": {"audio": "efficientnet-lite0-mel"}}}, "model.encoders.audio"),
+    ({"model": {"encoders": {"image": "minilm"}}}, "model.encoders.image"),
+    ({"optim": {"lr": -1}}, "optim.lr"),
+    ({"model": {"encoders": {"text": "minilm"}, "fusion": {"kind": "sum"}}}, "model.fusion.kind"),
+    ({"tuning": {"mode": "qlora"}}, "tuning.mode"),
+    ({"optim": {"epochz": 3}}, "epochz"),
+])
+def test_bad_configs_fail_before_any_work_naming_the_field(dataset, tmp_path, change, field, monkeypatch):
+    from polymodal.features import extract
+
+    monkeypatch.setattr(extract, "encode", lambda *a, **k: pytest.fail("work started before the config was checked"))
+    d = {"data": {"manifest": str(dataset)}, "model": {"encoders": {"text": "minilm"}}, "out_dir": str(tmp_path / "r")}
+    for k, v in change.items():
+        d[k] = {**d.get(k, {}), **v}
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        train(config_from_dict(d), progress=False)
+
+
+def test_manifest_without_label_column_is_refused(tmp_path, tiny_model_dir):
+    (tmp_path / "m.csv").write_text("text\nhello\nworld\n")
+    d = {"data": {"manifest": str(tmp_path / "m.csv")}, "model": {"encoders": {"text": str(tiny_model_dir("bert"))}},
+         "out_dir": str(tmp_path / "r")}
+    with pytest.raises(ConfigError, match="label"):
+        train(config_from_dict(d), progress=False)
+
+
+def test_an_existing_run_is_not_overwritten(dataset, tiny_model_dir, tmp_path):
+    cfg = make_config(dataset, tiny_model_dir, tmp_path / "run")
+    train(cfg, progress=False)
+    with pytest.raises(Exception, match="--resume"):
+        train(cfg, progress=False)
