@@ -86,3 +86,35 @@ def test_demo_runs_offline_and_reports_both_rows(tmp_path, capsys):
     feature_row = next(line for line in out.splitlines() if "frozen features" in line)
     assert float(pixel_row.split()[-2]) > 0.9  # logistic regression on digit pixels is a strong baseline
     assert float(feature_row.split()[-2]) > 0.5  # ImageNet features carry the digits' shape too
+
+
+def test_init_train_eval_compare_predict_end_to_end(tmp_path, tiny_model_dir, capsys):
+    import yaml
+
+    from _train_data import write_dataset
+
+    manifest = write_dataset(tmp_path / "data")
+    cfg_path = tmp_path / "cfg.yaml"
+    assert main(["init", str(manifest), "--out", str(cfg_path), "--fusion", "gated"]) == 0
+    cfg = yaml.safe_load(cfg_path.read_text())
+    assert "# early | gated | cross_attention | late" in cfg_path.read_text()  # every field is commented
+    assert cfg["model"]["fusion"]["kind"] == "gated" and set(cfg["model"]["encoders"]) == {"text", "image"}
+    cfg["model"]["encoders"] = {"text": str(tiny_model_dir("bert")), "image": str(tiny_model_dir("vit"))}
+    cfg["optim"]["epochs"] = 2
+    runs = {}
+    for kind in ("gated", "late"):
+        cfg["model"]["fusion"]["kind"] = kind
+        cfg["out_dir"] = str(tmp_path / kind)
+        cfg_path.write_text(yaml.safe_dump(cfg))
+        assert main(["train", str(cfg_path)]) == 0
+        runs[kind] = tmp_path / kind
+    assert main(["eval", str(runs["gated"])]) == 0
+    report = runs["gated"] / "report"
+    assert {"report.md", "report.html", "confusion.png", "training_curves.png", "modality_ablation.png"} <= {p.name for p in report.iterdir()}
+    assert "data:image/png;base64," in (report / "report.html").read_text()
+    assert main(["eval", "--compare", str(runs["gated"]), str(runs["late"]), "--out", str(tmp_path / "cmp")]) == 0
+    out = capsys.readouterr().out
+    assert "accuracy:" in out and "interval" in out and (tmp_path / "cmp" / "comparison.html").is_file()
+    assert main(["predict", str(runs["gated"]), str(tmp_path / "data" / "img" / "0.png"), "--text", "blue sky"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("blue sky\t")

@@ -264,7 +264,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         ckpt.write_json(run_dir / "labels.json", splits.labels)
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # A batch whose examples all lack a modality leaves that encoder unused on that rank: DDP must be told.
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=bool(model.encoders)) if world > 1 else model
     writer = _tensorboard(run_dir) if main_process else None
 
     # --- the loop ----------------------------------------------------------------------------------------------------
@@ -289,6 +290,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                     loss = loss_fn(ddp(_to(batch, device)).float(), train_in.targets[idx].to(device))
                     scaler.scale(loss / len(steps[step_in_epoch])).backward()
                 total_loss += loss.item() / len(steps[step_in_epoch])
+            if world > 1:  # log the global batch's loss, not this rank's share
+                reduced = torch.tensor([total_loss], device=device)
+                torch.distributed.all_reduce(reduced)
+                total_loss = reduced.item() / world
             if not math.isfinite(total_loss):
                 raise NonFiniteLossError(
                     f"the training loss became {total_loss} at step {global_step + 1} (epoch {epoch + 1}); the last good "
@@ -344,6 +349,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         if stop:
             break
 
+    if world > 1:
+        _check_replicas(model, run_dir, world, main_process)
+
     # --- test with the best weights ----------------------------------------------------------------------------
     if main_process:
         ckpt.load_weights(model, run_dir / ckpt.WEIGHTS)
@@ -353,6 +361,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     if world > 1:
         torch.distributed.barrier()
     return run_dir
+
+
+def _check_replicas(model: nn.Module, run_dir: Path, world: int, main_process: bool) -> None:
+    """DDP keeps replicas identical by construction; verify it, and record the largest difference in ddp.json."""
+    flat = torch.cat([p.detach().float().flatten() for p in model.parameters()])
+    gathered = [torch.zeros_like(flat) for _ in range(world)]
+    torch.distributed.all_gather(gathered, flat)
+    diff = max(float((g - gathered[0]).abs().max()) for g in gathered)
+    if main_process:
+        ckpt.write_json(run_dir / "ddp.json", {"world_size": world, "max_abs_weight_difference_between_ranks": diff})
+    if diff > 1e-6:
+        raise PolymodalError(f"DDP replicas diverged: weights differ by up to {diff:g} between ranks")
 
 
 def _finish(run_dir: Path, cfg: TrainConfig, model, splits: Splits, test_in: Inputs, device, counts, seconds: float) -> None:
