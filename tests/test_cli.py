@@ -82,8 +82,9 @@ def test_demo_runs_offline_and_reports_both_rows(tmp_path, capsys):
     out = capsys.readouterr().out
     assert (tmp_path / "digits" / "manifest.csv").is_file()
     assert len(list((tmp_path / "digits" / "images").glob("*.png"))) == 1797
+    assert (tmp_path / "digits" / "run" / "report" / "report.html").is_file()
     pixel_row = next(line for line in out.splitlines() if "raw pixels" in line)
-    feature_row = next(line for line in out.splitlines() if "frozen features" in line)
+    feature_row = next(line for line in out.splitlines() if "frozen efficientnet-lite0 + trained head" in line)
     assert float(pixel_row.split()[-2]) > 0.9  # logistic regression on digit pixels is a strong baseline
     assert float(feature_row.split()[-2]) > 0.5  # ImageNet features carry the digits' shape too
 
