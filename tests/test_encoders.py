@@ -154,3 +154,18 @@ def test_encoder_key_changes_with_settings_and_weights(tiny_model_dir, tmp_path)
     weights = copy / "model.safetensors"
     weights.write_bytes(weights.read_bytes() + b"\0")
     assert a != encoder_key(EncoderConfig(str(copy)))
+
+
+def test_time_shift_of_a_short_clip_stays_inside_the_sound():
+    from polymodal.data.audio import AudioAugment
+
+    aug = AudioAugment(noise_snr_db=None, gain_db=0.0, max_shift=0.5, freq_masks=0, time_masks=0)
+    enc = build_audio_cnn(width=4, clip_seconds=1.0, augment=aug)
+    t = np.arange(6400) / 16_000  # a 0.4 s tone in a 1 s window
+    tone = (0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    for seed in range(5):
+        batch = enc.prepare([tone], train=True, rng=np.random.default_rng(seed))
+        real = int(batch["lengths"][0])
+        frame_level = batch["mel"][0, 0, :, 2 : real - 1].mean(0)  # edge frames see the window edge and the wrap
+        # Every valid frame is tone, none is silence that a shift into the padding would leave behind.
+        assert frame_level.max() - frame_level.min() < 1.0, seed

@@ -179,3 +179,25 @@ def test_an_existing_run_is_not_overwritten(dataset, tiny_model_dir, tmp_path):
     train(cfg, progress=False)
     with pytest.raises(Exception, match="--resume"):
         train(cfg, progress=False)
+
+
+def test_gated_fusion_reports_test_set_gate_weights(dataset, tiny_model_dir, tmp_path):
+    run_dir = train(make_config(dataset, tiny_model_dir, tmp_path / "run", "gated"), progress=False)
+    gates = json.loads((run_dir / "metrics.json").read_text())["gates"]
+    assert set(gates) == {"text", "image"} and abs(sum(gates.values()) - 1) < 1e-5
+
+
+def test_freezing_schedule_keeps_encoders_fixed_until_unfrozen(dataset, tiny_model_dir, tmp_path):
+    import dataclasses
+
+    from polymodal.models import build_encoder
+
+    initial = {f"encoders.text.{k}": v for k, v in build_encoder(str(tiny_model_dir("bert"))).state_dict().items()}
+    changed = {}
+    for epochs in (1, 2):
+        cfg = make_config(dataset, tiny_model_dir, tmp_path / f"run{epochs}", mode="full", epochs=epochs)
+        cfg = dataclasses.replace(cfg, tuning=dataclasses.replace(cfg.tuning, unfreeze_after_epochs=1))
+        saved = load_file(train(cfg, progress=False) / "checkpoint" / "model.safetensors")  # the last epoch's state
+        changed[epochs] = [k for k in initial if not torch.equal(saved[k], initial[k])]
+    assert changed[1] == []  # only the head trained in epoch 1
+    assert any("attention" in k for k in changed[2])  # the encoder trained once unfrozen

@@ -50,11 +50,11 @@ class SpectrogramEncoder(nn.Module):
         rng = rng if rng is not None else np.random.default_rng()
         mels, lengths = [], []
         for wave in items:
-            wave = np.asarray(wave, dtype=np.float32)
-            n = min(len(wave), self.clip_samples)
-            wave = pad_or_trim(wave, self.clip_samples)
-            if train and self.augment is not None:
+            wave = np.asarray(wave, dtype=np.float32)[: self.clip_samples]
+            n = len(wave)
+            if train and self.augment is not None:  # before padding: a shift must wrap within the sound, not into padding
                 wave = augment_wave(wave, self.augment, rng)
+            wave = pad_or_trim(wave, self.clip_samples)
             mel = self.logmel(wave)  # (n_mels, frames)
             real = max(1, min(mel.shape[1], math.ceil(n / self.logmel.hop_length)))
             body = mel[:, :real]

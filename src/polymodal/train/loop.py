@@ -155,8 +155,12 @@ def _set_encoders_trainable(model: MultimodalClassifier, mode: str, trainable: b
 
 @torch.no_grad()
 def predict_split(model: MultimodalClassifier, inputs: Inputs, batch_size: int, device: torch.device,
-                  cfg: TrainConfig, drop: str | None = None) -> torch.Tensor:
-    """Class probabilities (n, classes) for a split, optionally with one modality dropped (its presence False)."""
+                  cfg: TrainConfig, drop: str | None = None, gates: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """Class probabilities (n, classes) for a split, optionally with one modality dropped (its presence False).
+
+    Args:
+        gates: if given, receives the gated head's per-example modality weights of every batch.
+    """
     model.eval()
     probs = []
     rng = np.random.default_rng(0)
@@ -166,6 +170,8 @@ def predict_split(model: MultimodalClassifier, inputs: Inputs, batch_size: int, 
         with _autocast(cfg, device):
             logits = model(_to(batch, device))
         probs.append(logits.float().softmax(-1).cpu())
+        if gates is not None and getattr(model.head, "last_gates", None) is not None:
+            gates.append(model.head.last_gates.cpu())
     return torch.cat(probs) if probs else torch.zeros(0)
 
 
@@ -378,8 +384,9 @@ def _check_replicas(model: nn.Module, run_dir: Path, world: int, main_process: b
 def _finish(run_dir: Path, cfg: TrainConfig, model, splits: Splits, test_in: Inputs, device, counts, seconds: float) -> None:
     result = {"parameters": counts, "train_seconds": round(seconds, 2), "labels": splits.labels,
               "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test)}
+    gates: list[torch.Tensor] = []
     if test_in.examples:
-        probs = predict_split(model, test_in, cfg.optim.batch_size, device, cfg)
+        probs = predict_split(model, test_in, cfg.optim.batch_size, device, cfg, gates=gates)
         result["test"] = scores(test_in.targets, probs)
         _write_predictions(run_dir / "predictions.csv", test_in, probs, splits.labels)
         if len(cfg.model.encoders) > 1:
@@ -387,9 +394,8 @@ def _finish(run_dir: Path, cfg: TrainConfig, model, splits: Splits, test_in: Inp
                                   for m in cfg.model.encoders}
         print(f"test: accuracy {result['test']['accuracy']:.4f}, macro-F1 {result['test']['macro_f1']:.4f} "
               f"({len(splits.test)} examples)")
-    gates = getattr(model.head, "last_gates", None)
-    if gates is not None:
-        result["gates"] = dict(zip(model.head.modalities, gates.mean(0).tolist()))
+    if gates:  # mean gate weight per modality over the test set (gated fusion)
+        result["gates"] = dict(zip(model.head.modalities, torch.cat(gates).mean(0).tolist()))
     if hasattr(model.head, "modality_weights"):
         result["late_weights"] = model.head.modality_weights()
     ckpt.write_json(run_dir / "metrics.json", result)
