@@ -49,6 +49,7 @@ def test_train_save_reload_predict(dataset, tiny_model_dir, tmp_path, fusion, mo
     run_dir = train(make_config(dataset, tiny_model_dir, tmp_path / "run", fusion, mode), progress=False)
     for name in ("config.yaml", "labels.json", "model.safetensors", "log.csv", "metrics.json", "predictions.csv"):
         assert (run_dir / name).is_file(), name
+    assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["n_test"] == 6 and 0 <= metrics["test"]["accuracy"] <= 1
     assert set(metrics["ablation"]) == {"text", "image"}
