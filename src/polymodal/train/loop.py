@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import io
 import logging
 import math
 import os
@@ -23,6 +24,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .._paths import atomic_write_text
 from ..data import load_manifest, require_clean
 from ..errors import ConfigError, PolymodalError
 from ..fusion import build_fusion
@@ -268,6 +270,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         print(f"resuming {run_dir} at epoch {position['epoch'] + 1}, step {position['global_step']}")
     elif main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "log.csv").unlink(missing_ok=True)  # left by a run that died before its first checkpoint
         save_config(cfg, run_dir / "config.yaml")
         ckpt.write_json(run_dir / "labels.json", splits.labels)
     # A batch whose examples all lack a modality leaves that encoder unused on that rank: DDP must be told.
@@ -402,10 +405,6 @@ def _finish(run_dir: Path, cfg: TrainConfig, model, splits: Splits, test_in: Inp
 
 
 def _write_predictions(path: Path, inputs: Inputs, probs: torch.Tensor, labels: list[str]) -> None:
-    import io
-
-    from .._paths import atomic_write_text
-
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["row", "label", "prediction", *[f"p_{label}" for label in labels]])
@@ -444,9 +443,6 @@ def _truncate_log(path: Path, global_step: int) -> None:
         return
     with open(path, newline="") as f:
         rows = [r for r in csv.DictReader(f) if int(r["step"]) <= global_step]
-    from .._paths import atomic_write_text
-    import io
-
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=LOG_FIELDS, lineterminator="\n")
     w.writeheader()
