@@ -29,7 +29,7 @@ from ..data import load_manifest, require_clean
 from ..errors import ConfigError, PolymodalError
 from ..fusion import build_fusion
 from ..models import build_encoder, encoder_modality
-from ..tuning import apply_lora
+from ..tuning import apply_lora, freeze_norm_statistics
 from . import checkpoint as ckpt
 from .config import TrainConfig, save_config
 from .data import FeatureTable, Splits, batch_order, make_splits, raw_batch
@@ -288,6 +288,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         bar = tqdm(total=len(steps), initial=first, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="step",
                    disable=not (progress and main_process), leave=False)
         model.train()
+        if cfg.tuning.mode == "lora" or epoch < cfg.tuning.unfreeze_after_epochs:
+            freeze_norm_statistics(model.encoders)  # frozen weights keep their BatchNorm statistics too
         for step_in_epoch in range(first, len(steps)):
             optimizer.zero_grad(set_to_none=True)
             total_loss = 0.0

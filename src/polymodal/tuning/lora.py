@@ -42,6 +42,7 @@ def apply_lora(encoder: nn.Module, r: int = 8, alpha: int = 16, dropout: float =
     names = list(targets) if targets else default_targets(encoder)
     if not names:
         raise ValueError("tuning.lora_targets: the encoder has no linear or convolution layers to adapt")
+    _plain_pointwise_convs(encoder, names if targets is None else None)
     pattern = "^(" + "|".join(re.escape(n) if targets is None else f"(.*\\.)?{re.escape(n)}" for n in names) + ")$"
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern)
     try:
@@ -51,6 +52,35 @@ def apply_lora(encoder: nn.Module, r: int = 8, alpha: int = 16, dropout: float =
     for name, p in encoder.named_parameters():
         p.requires_grad = "lora_" in name
     return sum(p.numel() for p in encoder.parameters() if p.requires_grad)
+
+
+def _plain_pointwise_convs(encoder: nn.Module, names: list[str] | None) -> None:
+    """Swap 1x1, stride-1 subclasses of nn.Conv2d (EfficientNet's Conv2dStaticSamePadding, whose padding is then
+    a no-op) for plain nn.Conv2d holding the same weights.
+
+    peft builds each adapter as ``type(base_layer)(...)``; such subclasses need extra constructor arguments
+    (``image_size``) and fail there.
+    """
+    wanted = set(names) if names is not None else None
+    for name, module in list(encoder.named_modules()):
+        if type(module) is nn.Conv2d or not isinstance(module, nn.Conv2d) or (wanted is not None and name not in wanted):
+            continue
+        if module.kernel_size != (1, 1) or tuple(module.stride) != (1, 1) or module.padding not in (0, (0, 0)):
+            continue
+        plain = nn.Conv2d(module.in_channels, module.out_channels, 1, bias=module.bias is not None, groups=module.groups)
+        plain.load_state_dict(module.state_dict(), strict=False)
+        plain.to(module.weight.device, module.weight.dtype)
+        parent_name, _, child = name.rpartition(".")
+        setattr(encoder.get_submodule(parent_name) if parent_name else encoder, child, plain)
+
+
+def freeze_norm_statistics(module: nn.Module) -> None:
+    """Put every BatchNorm layer of ``module`` in eval mode, so training the rest leaves its running statistics
+    as they were. Needed wherever the base weights are frozen (LoRA, a frozen phase of full tuning): the statistics
+    are buffers that an adapter-only checkpoint does not save."""
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.eval()
 
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
