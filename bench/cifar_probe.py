@@ -64,7 +64,8 @@ def main() -> None:
         "",
         f"- Date: {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; machine: {os.cpu_count()} CPU cores, no GPU; "
         f"torch {torch.__version__}, Python {platform.python_version()}",
-        f"- Command: `python bench/cifar_probe.py` (data: `{args.data}`); load average {start_load:.2f} at the start, "
+        f"- Command: `python bench/cifar_probe.py --image-size {args.image_size}` (data: `{args.data}`); load average "
+        f"{start_load:.2f} at the start, "
         f"{os.getloadavg()[0]:.2f} at the end",
         f"- Encoding all 10,000 photos cold took {encode_s:.0f} s ({len(examples) / encode_s:.1f} images/s, batch 64)",
         "",
@@ -80,7 +81,7 @@ def main() -> None:
         f"Frozen ImageNet features reach {feat_row[2]:.1%} against {pix_row[2]:.1%} for the same probe on raw pixels "
         f"({100 * (feat_row[2] - pix_row[2]):+.1f} points). For scale: CLIP ViT-B/32's zero-shot CIFAR-10 accuracy is "
         "89.8 % (CLIP paper); EfficientNet-Lite0 is a 4.7 M-parameter ImageNet classifier seeing 32 px photos "
-        "upscaled to 224 px. With 5,000 test photos one photo is 0.02 points.",
+        f"upscaled to {args.image_size} px. With 5,000 test photos one photo is 0.02 points.",
         "",
     ]
     out = ROOT / "bench" / "results" / "cifar_probe.md"
