@@ -17,7 +17,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("manifest", type=Path, help="manifest file or dataset folder")
     init.add_argument("--out", type=Path, default=Path("config.yaml"), help="config file to write (default config.yaml)")
     init.add_argument("--fusion", default="early", choices=("early", "gated", "cross_attention", "late"))
-    init.add_argument("--mode", default="linear_probe", choices=("linear_probe", "full", "lora"), help="tuning mode")
+    init.add_argument("--mode", default="linear_probe", choices=("linear_probe", "full", "lora", "zeroshot", "coop"),
+                      help="tuning mode (zeroshot and coop: classify images by prompts, see tuning.prompt)")
+    init.add_argument("--task", default="classify", choices=("classify", "align"),
+                      help="align: contrastive alignment of the manifest's two modalities (no labels needed)")
     init.add_argument("--force", action="store_true", help="overwrite an existing config")
     init.set_defaults(func=run_init)
 
@@ -28,6 +31,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     train.add_argument("--resume", action="store_true", help="continue the run in the config's out_dir")
     train.add_argument("--out-dir", help="override the config's out_dir")
     train.set_defaults(func=run_train)
+
+    align = sub.add_parser("align", help="align two modalities contrastively (CLIP loss; LiT with a locked tower)",
+                           description="Train projection heads (and optionally LoRA or full tuning of the towers) so that "
+                                       "paired rows of two modalities meet in one embedding space, with CLIP's symmetric "
+                                       "InfoNCE loss and a learned temperature. Reports retrieval Recall@1/5/10 both ways. "
+                                       "The config is a training config with task: align (`polymodal init --task align`).")
+    align.add_argument("config", type=Path, help="YAML config with two model.encoders (see `polymodal init --task align`)")
+    align.add_argument("--resume", action="store_true", help="continue the run in the config's out_dir")
+    align.add_argument("--out-dir", help="override the config's out_dir")
+    align.set_defaults(func=run_train, task="align")
 
 
 def _field_comments(cls) -> dict[str, str]:
@@ -70,7 +83,8 @@ def run_init(args: argparse.Namespace) -> int:
     from ..data import load_manifest
     from ..errors import PolymodalError
     from ..models import DEFAULT_ENCODERS, EncoderConfig
-    from ..train.config import DataConfig, FusionConfig, ModelConfig, TrainConfig, TuningConfig, config_from_dict
+    from ..train.config import (DataConfig, FusionConfig, ModelConfig, PromptConfig, TrainConfig, TuningConfig,
+                                config_from_dict)
 
     if args.out.exists() and not args.force:
         raise PolymodalError(f"{args.out} exists; pass --force to overwrite it")
@@ -78,11 +92,19 @@ def run_init(args: argparse.Namespace) -> int:
     if not manifest.modalities:
         raise PolymodalError(f"{args.manifest}: no text, image or audio column to train on")
     encoders = {m: EncoderConfig(DEFAULT_ENCODERS[m], modality=m) for m in manifest.modalities}
+    if args.task == "align" and len(encoders) != 2:
+        raise PolymodalError(f"{args.manifest}: align pairs two modalities; its columns give {', '.join(encoders) or 'none'}")
+    if args.mode in ("zeroshot", "coop"):
+        if "image" not in encoders:
+            raise PolymodalError(f"{args.manifest}: {args.mode} classifies images by prompts; it has no image column")
+        encoders = {"image": encoders["image"]}
     cfg = TrainConfig(
         data=DataConfig(os.path.relpath(args.manifest.resolve(), args.out.resolve().parent)),
         model=ModelConfig(encoders, FusionConfig(kind=args.fusion)),
-        tuning=TuningConfig(mode=args.mode),
-        out_dir=f"runs/{Path(args.manifest).stem}-{args.fusion}-{args.mode}",
+        tuning=TuningConfig(mode=args.mode, prompt=PromptConfig(image_map="conse") if args.mode in ("zeroshot", "coop")
+                            else PromptConfig()),
+        task=args.task,
+        out_dir=f"runs/{Path(args.manifest).stem}-{args.task if args.task == 'align' else args.fusion}-{args.mode}",
     )
     text = "\n".join([
         f"# polymodal training config for {args.manifest} ({len(manifest.examples)} rows, "
@@ -102,6 +124,10 @@ def run_train(args: argparse.Namespace) -> int:
     from ..train import load_config, train
 
     cfg = load_config(args.config)
+    if getattr(args, "task", None) == "align" and cfg.task != "align":
+        from ..errors import ConfigError
+
+        raise ConfigError(f"{args.config}: task is {cfg.task!r}; `polymodal align` trains configs with task: align")
     if args.out_dir:
         cfg = dc.replace(cfg, out_dir=args.out_dir)
     run_dir = train(cfg, resume=args.resume)

@@ -258,6 +258,25 @@ def _check_consistent(name: str, r: BootstrapResult, a: ClassificationMetrics, b
         )
 
 
+def write_retrieval_report(out_dir: str | Path, title: str, metrics: dict[str, float], modalities: tuple[str, str],
+                           n_pairs: int, extra: dict[str, object] | None = None) -> tuple[Path, Path]:
+    """``report.md`` / ``report.html`` of an alignment run: Recall@K both ways and MRR on its test pairs."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    a, b = modalities
+    ks = sorted({int(k.split("@")[1]) for k in metrics if k.startswith("mean_r@")})
+    rows = [(f"{x} -> {y}", *[f"{100 * metrics[f'{x}_to_{y}_r@{k}']:.1f}%" for k in ks], f"{metrics[f'{x}_to_{y}_mrr']:.3f}")
+            for x, y in ((a, b), (b, a))]
+    blocks: list[Block] = [
+        Paragraph(f"Retrieval among the {n_pairs} test pairs: for each query, is its own partner among the K most "
+                  "similar items of the other modality (ties count against it)?"),
+        table(("direction", *[f"Recall@{k}" for k in ks], "MRR"), rows),
+    ]
+    if extra:
+        blocks += [Heading("Run"), table(("", "value"), list(extra.items()))]
+    return _write_pair(out, "report.md", "report.html", title, blocks)
+
+
 def _write_pair(out: Path, md_name: str, html_name: str, title: str, blocks: list[Block]) -> tuple[Path, Path]:
     md_path, html_path = out / md_name, out / html_name
     atomic_write_text(md_path, to_markdown(title, blocks))

@@ -12,7 +12,7 @@ from ..errors import PolymodalError
 from .ablation import ALL_MODALITIES
 from .bootstrap import paired_bootstrap
 from .metrics import ClassificationMetrics, classification_metrics
-from .report import write_comparison, write_report
+from .report import write_comparison, write_report, write_retrieval_report
 
 
 def _read_predictions(run_dir: Path) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
@@ -37,8 +37,15 @@ def run_metrics(run_dir: str | Path) -> ClassificationMetrics:
 def report_run(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
     """Write ``report.md`` / ``report.html`` with plots for a finished run (default: into ``RUN/report``)."""
     run_dir = Path(run_dir)
-    metrics = run_metrics(run_dir)
     info = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
+    if "mean_r@1" in info.get("test", {}):  # an align run: retrieval, not classification
+        import yaml
+
+        modalities = tuple(yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["encoders"])
+        extra = {k.replace("_", " "): info[k] for k in ("n_train", "n_val", "n_test", "train_seconds", "logit_scale") if k in info}
+        return write_retrieval_report(out_dir or run_dir / "report", run_dir.name, info["test"], modalities,
+                                      info.get("n_test", 0), extra)
+    metrics = run_metrics(run_dir)
     log_rows = list(csv.DictReader(open(run_dir / "log.csv", newline=""))) if (run_dir / "log.csv").exists() else None
     ablation = None
     if "ablation" in info:

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from collections.abc import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..data.text import TruncationReport, tokenize
@@ -66,3 +69,21 @@ def _pooling_mode(model_dir: Path) -> str:
         if json.loads(cfg.read_text()).get("pooling_mode_cls_token"):
             return "cls"
     return "mean"
+
+
+@torch.no_grad()
+def embed_texts(text: nn.Module, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """L2-normalised pooled embeddings (n, dim) of texts by a polymodal text encoder."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        out.append(text(text.prepare(list(texts[i : i + batch_size]))).pooled.float())
+    return F.normalize(torch.cat(out), dim=-1)
+
+
+@torch.no_grad()
+def class_embeddings(text: nn.Module, class_names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+    """Zero-shot class weights (classes, dim): per class the mean of its normalised template embeddings,
+    normalised again (the prompt ensembling of the CLIP paper, section 3.1.4)."""
+    prompts = [t.format(name) for name in class_names for t in templates]
+    emb = embed_texts(text, prompts).view(len(class_names), len(templates), -1)
+    return F.normalize(emb.mean(1), dim=-1)

@@ -29,10 +29,13 @@ WEIGHTS = "model.safetensors"
 
 def weights_to_save(model: torch.nn.Module, mode: str) -> dict[str, torch.Tensor]:
     """What a run keeps: the head always; all encoder weights (and buffers) for full tuning; only the LoRA
-    adapters for LoRA; nothing of the frozen encoders for a linear probe (they are rebuilt from the config)."""
+    adapters for LoRA; nothing of the frozen encoders for a linear probe (they are rebuilt from the config); only the
+    learned context for CoOp (nothing for zero-shot)."""
     state = model.state_dict()
     if mode == "full":
         keep = state
+    elif mode in ("zeroshot", "coop"):  # the learned prompt only; the towers are rebuilt from the config
+        keep = {k: v for k, v in state.items() if k.startswith("head.prompt.")}
     elif mode == "lora":
         keep = {k: v for k, v in state.items() if k.startswith("head.") or "lora_" in k}
     else:

@@ -14,9 +14,11 @@ from typing import Any
 from ..errors import ConfigError
 from ..models import EncoderConfig
 
-TUNING_MODES = ("linear_probe", "full", "lora")
+TUNING_MODES = ("linear_probe", "full", "lora", "zeroshot", "coop")
+PROMPT_MODES = ("zeroshot", "coop")  # the input-changing family: a frozen text tower classifies by prompts
 FUSION_KINDS = ("early", "gated", "cross_attention", "late")
 METRICS = ("accuracy", "macro_f1")
+TASKS = ("classify", "align")
 
 
 @dataclass(frozen=True)
@@ -53,9 +55,28 @@ class FusionConfig:
 
 
 @dataclass(frozen=True)
+class AlignConfig:
+    """The head of an ``align`` run: a projection per modality into one space, trained with CLIP's loss."""
+
+    dim: int = 256  # joint embedding size
+    projection: str = "linear"  # linear (as CLIP) | mlp (two layers)
+    init_temperature: float = 0.07  # CLIP's initial softmax temperature; learned (as log of its inverse)
+    locked: tuple[str, ...] = ()  # towers kept frozen even when tuning.mode is full or lora (LiT: [image])
+
+    def __post_init__(self):
+        if self.dim < 1:
+            raise ConfigError(f"model.align.dim: must be at least 1, got {self.dim}")
+        if self.projection not in ("linear", "mlp"):
+            raise ConfigError(f"model.align.projection: {self.projection!r} is not linear or mlp")
+        if not 0 < self.init_temperature < 1:
+            raise ConfigError(f"model.align.init_temperature: must be in (0, 1), got {self.init_temperature}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
     encoders: dict[str, EncoderConfig]  # modality (text, image, audio) -> encoder
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    align: AlignConfig = field(default_factory=AlignConfig)  # task align: the contrastive projection head
 
     def __post_init__(self):
         if not self.encoders:
@@ -66,13 +87,39 @@ class ModelConfig:
 
 
 @dataclass(frozen=True)
+class PromptConfig:
+    """Zero-shot and CoOp: the image features are classified by their similarity to prompts of the class names."""
+
+    text_tower: str | None = None  # text encoder sharing the image features' space; None: CLIP's own, or minilm with a label-space image_map
+    templates: str | tuple[str, ...] = "photo"  # zero-shot prompts: builtin set (photo, cifar, imagenet), a file, or a list
+    image_map: str = "none"  # none (already in the text space, e.g. CLIP) | conse | conse:TOP_K | devise:PATH | align:RUN
+    n_ctx: int = 4  # coop: number of learned context vectors
+    ctx_init: str | None = None  # coop: start the context from these words, e.g. "a photo of a"; None: random
+    class_specific: bool = False  # coop: one context per class (CSC) instead of one shared by all classes
+    class_names: dict[str, str] | None = None  # label -> the name used in prompts; default: the label, _ as space
+    logit_scale: float = 100.0  # inverse temperature of the cosine logits (CLIP learned 100)
+
+    def __post_init__(self):
+        if not (self.image_map in ("none", "conse") or self.image_map.startswith(("conse:", "devise:", "align:"))):
+            raise ConfigError(f"tuning.prompt.image_map: {self.image_map!r} is not none, conse, conse:TOP_K, devise:PATH "
+                              "or align:RUN")
+        if self.image_map.startswith("conse:") and not self.image_map[6:].isdigit():
+            raise ConfigError(f"tuning.prompt.image_map: in {self.image_map!r} TOP_K must be a positive integer")
+        if self.n_ctx < 1:
+            raise ConfigError(f"tuning.prompt.n_ctx: must be at least 1, got {self.n_ctx}")
+        if self.logit_scale <= 0:
+            raise ConfigError("tuning.prompt.logit_scale: must be positive")
+
+
+@dataclass(frozen=True)
 class TuningConfig:
-    mode: str = "linear_probe"  # linear_probe (frozen encoders, cached features) | full | lora
+    mode: str = "linear_probe"  # linear_probe (frozen encoders, cached features) | full | lora | zeroshot | coop (prompts)
     lora_r: int = 8  # LoRA rank
     lora_alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
     lora_dropout: float = 0.0  # dropout on the LoRA branch
     lora_targets: tuple[str, ...] | None = None  # module names to adapt; None: each encoder's attention/1x1 convs
     unfreeze_after_epochs: int = 0  # full: keep encoders frozen for this many epochs first (head warm-up)
+    prompt: PromptConfig = field(default_factory=PromptConfig)  # zeroshot and coop
 
     def __post_init__(self):
         if self.mode not in TUNING_MODES:
@@ -96,7 +143,7 @@ class OptimConfig:
     amp: str = "auto"  # mixed precision: auto (bf16 on CUDA, off on CPU) | off | bf16 | fp16
     class_weighting: bool = False  # weigh the loss by inverse class frequency (imbalanced data)
     early_stopping: int = 0  # stop after this many epochs without a better validation metric; 0 disables
-    metric: str = "macro_f1"  # validation metric that picks the best checkpoint: accuracy | macro_f1
+    metric: str = "macro_f1"  # validation metric that picks the best checkpoint: accuracy | macro_f1 (align: recall@1)
     checkpoint_every: int = 0  # also checkpoint every N optimiser steps (mid-epoch resume); 0: per epoch only
     seed: int = 0  # seed of initialisation, data order and augmentation
     device: str = "auto"  # auto | cpu | cuda
@@ -122,6 +169,20 @@ class TrainConfig:
     tuning: TuningConfig = field(default_factory=TuningConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     out_dir: str = "runs/run"  # where checkpoints, logs and the report go
+    task: str = "classify"  # classify (labels) | align (contrastive alignment of two modalities; no labels needed)
+
+    def __post_init__(self):
+        if self.task not in TASKS:
+            raise ConfigError(f"task: {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.task == "align":
+            if len(self.model.encoders) != 2:
+                raise ConfigError(f"model.encoders: task align pairs two modalities, got {', '.join(self.model.encoders)}")
+            if self.tuning.mode in PROMPT_MODES:
+                raise ConfigError(f"tuning.mode: {self.tuning.mode} classifies by prompts; align trains with "
+                                  "linear_probe (locked towers), full or lora")
+            unknown = set(self.model.align.locked) - set(self.model.encoders)
+            if unknown:
+                raise ConfigError(f"model.align.locked: {', '.join(sorted(unknown))} not among model.encoders")
 
     def to_dict(self) -> dict[str, Any]:
         return _plain(dataclasses.asdict(self))
@@ -164,9 +225,17 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
         for m, e in encoders.items()
     }
     model["fusion"] = _build(FusionConfig, model.get("fusion", {}), "model.fusion")
+    align = dict(model.get("align") or {})
+    if isinstance(align.get("locked"), (list, str)):
+        align["locked"] = tuple([align["locked"]] if isinstance(align["locked"], str) else align["locked"])
+    model["align"] = _build(AlignConfig, align, "model.align")
     tuning = dict(d.get("tuning", {}))
     if tuning.get("lora_targets") is not None:
         tuning["lora_targets"] = tuple(tuning["lora_targets"])
+    prompt = dict(tuning.get("prompt") or {})
+    if isinstance(prompt.get("templates"), list):
+        prompt["templates"] = tuple(prompt["templates"])
+    tuning["prompt"] = _build(PromptConfig, prompt, "tuning.prompt")
     return _build(TrainConfig, {
         **{k: v for k, v in d.items() if k not in ("data", "model", "tuning", "optim")},
         "data": _build(DataConfig, d["data"], "data"),

@@ -27,11 +27,15 @@ class Splits:
         return torch.tensor([index[e.label] for e in examples])
 
 
-def make_splits(manifest: Manifest, cfg: DataConfig) -> Splits:
-    """Use the manifest's ``split`` column where it has one; make stratified seeded splits where it does not."""
+def make_splits(manifest: Manifest, cfg: DataConfig, labelled: bool = True) -> Splits:
+    """Use the manifest's ``split`` column where it has one; make stratified seeded splits where it does not.
+
+    Args:
+        labelled: the rows must have labels (classification); without, splits are random and ``labels`` is empty.
+    """
     from sklearn.model_selection import train_test_split
 
-    if "label" not in manifest.columns:
+    if labelled and "label" not in manifest.columns:
         raise ConfigError(f"data.manifest: {manifest.path} has no 'label' column to train on")
     examples = manifest.examples
     if "split" in manifest.columns:
@@ -42,15 +46,17 @@ def make_splits(manifest: Manifest, cfg: DataConfig) -> Splits:
         if unknown:
             raise ManifestError(f"{manifest.path}: split values {unknown} are not train, val or test")
     else:
-        y = [e.label for e in examples]
+        y = [e.label for e in examples] if labelled else None
         train, test = train_test_split(examples, test_size=cfg.test_fraction, stratify=y, random_state=cfg.seed) \
             if cfg.test_fraction > 0 else (list(examples), [])
         val = []
     if not train:
         raise ManifestError(f"{manifest.path}: no rows in the train split")
     if not val and cfg.val_fraction > 0:
-        y = [e.label for e in train]
+        y = [e.label for e in train] if labelled else None
         train, val = train_test_split(train, test_size=cfg.val_fraction, stratify=y, random_state=cfg.seed)
+    if not labelled:
+        return Splits(list(train), list(val), list(test), [])
     labels = sorted({e.label for e in train}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
     return Splits(list(train), list(val), list(test), labels)
 

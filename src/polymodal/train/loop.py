@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import logging
 import math
@@ -29,14 +30,19 @@ from ..data import load_manifest, require_clean
 from ..errors import ConfigError, PolymodalError
 from ..fusion import build_fusion
 from ..models import build_encoder, encoder_modality
+from ..eval.retrieval import retrieval_metrics
 from ..tuning import apply_lora, freeze_norm_statistics
+from ..tuning.contrastive import ContrastiveHead, clip_loss
 from . import checkpoint as ckpt
-from .config import TrainConfig, save_config
+from .config import PROMPT_MODES, TrainConfig, save_config
 from .data import FeatureTable, Splits, batch_order, make_splits, raw_batch
 from .model import MultimodalClassifier
+from .prompt_head import build_prompt_head
+
+CACHED_MODES = ("linear_probe", *PROMPT_MODES)  # frozen encoders: features are encoded once into the cache
 
 log = logging.getLogger(__name__)
-LOG_FIELDS = ("epoch", "step", "train_loss", "lr", "val_loss", "val_accuracy", "val_macro_f1", "seconds")
+LOG_FIELDS = ("epoch", "step", "train_loss", "lr", "val_loss", "val_accuracy", "val_macro_f1", "val_mean_r@1", "seconds")
 
 
 class NonFiniteLossError(PolymodalError):
@@ -94,31 +100,40 @@ def check_config_against_manifest(cfg: TrainConfig, columns: tuple[str, ...]) ->
         if modality not in columns:
             raise ConfigError(f"model.encoders.{modality}: the manifest {cfg.data.manifest} has no {modality!r} column "
                               f"(columns: {', '.join(columns)})")
-    if "label" not in columns:
+    if "label" not in columns and cfg.task == "classify":
         raise ConfigError(f"data.manifest: {cfg.data.manifest} has no 'label' column to train on")
 
 
 def build_classifier(cfg: TrainConfig, num_classes: int, dims: dict[str, int] | None = None,
-                     live_encoders: bool | None = None) -> tuple[MultimodalClassifier, dict[str, int]]:
+                     live_encoders: bool | None = None, labels: list[str] | None = None) -> tuple[MultimodalClassifier, dict[str, int]]:
     """The model of a run, rebuilt from its config alone.
 
     Args:
         dims: feature sizes per modality, for a linear probe trained on cached features (no live encoders).
-        live_encoders: attach the encoders (default: unless the mode is linear_probe). Prediction on new inputs
-            attaches them to a linear probe too, frozen.
+        live_encoders: attach the encoders (default: unless the mode uses cached features: linear_probe, zeroshot,
+            coop). Prediction on new inputs attaches them to those too, frozen.
+        labels: the class labels, in order (the prompt modes name the classes in their prompts).
 
     Returns:
         the classifier and its count of parameters: trainable, total.
     """
     mode = cfg.tuning.mode
-    sequence = cfg.model.fusion.kind == "cross_attention"
+    sequence = cfg.model.fusion.kind == "cross_attention" and cfg.task == "classify"
     encoders = None
-    if live_encoders if live_encoders is not None else mode != "linear_probe":
+    cached = mode in CACHED_MODES
+    if live_encoders if live_encoders is not None else not cached:
         encoders = {m: build_encoder(e) for m, e in cfg.model.encoders.items()}
         dims = {m: (enc.seq_dim if sequence else enc.dim) for m, enc in encoders.items()}
-        if mode == "linear_probe":
+        if cached:
             for enc in encoders.values():
                 enc.requires_grad_(False)
+    if cfg.task == "align":
+        return _build_aligner(cfg, encoders, dims)
+    if mode in PROMPT_MODES:
+        if labels is None or len(labels) != num_classes:
+            raise ValueError("build_classifier: the prompt modes need the class labels")
+        model = MultimodalClassifier(build_prompt_head(cfg, labels), encoders)
+        return model, _counts(model)
     if dims is None:
         raise ValueError("build_classifier: a linear probe without live encoders needs the feature sizes (dims)")
     f = cfg.model.fusion
@@ -134,9 +149,28 @@ def build_classifier(cfg: TrainConfig, num_classes: int, dims: dict[str, int] | 
         for enc in model.encoders.values():
             t = cfg.tuning
             apply_lora(enc, r=t.lora_r, alpha=t.lora_alpha, dropout=t.lora_dropout, targets=t.lora_targets)
-    counts = {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
-              "total": sum(p.numel() for p in model.parameters())}
-    return model, counts
+    return model, _counts(model)
+
+
+def _build_aligner(cfg: TrainConfig, encoders: dict | None, dims: dict[str, int] | None):
+    a = cfg.model.align
+    if dims is None:
+        raise ValueError("build_classifier: an aligner on cached features needs their sizes (dims)")
+    head = ContrastiveHead({m: dims[m] for m in cfg.model.encoders}, dim=a.dim, projection=a.projection,
+                           init_temperature=a.init_temperature)
+    model = MultimodalClassifier(head, encoders)
+    t = cfg.tuning
+    for m, enc in model.encoders.items():
+        if m in a.locked or t.mode == "linear_probe":
+            enc.requires_grad_(False)
+        elif t.mode == "lora":
+            apply_lora(enc, r=t.lora_r, alpha=t.lora_alpha, dropout=t.lora_dropout, targets=t.lora_targets)
+    return model, _counts(model)
+
+
+def _counts(model: nn.Module) -> dict[str, int]:
+    return {"trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+            "total": sum(p.numel() for p in model.parameters())}
 
 
 def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
@@ -148,11 +182,11 @@ def _lr_lambda(total: int, warmup: int) -> Callable[[int], float]:
     return f
 
 
-def _set_encoders_trainable(model: MultimodalClassifier, mode: str, trainable: bool) -> None:
+def _set_encoders_trainable(model: MultimodalClassifier, mode: str, trainable: bool, locked: tuple[str, ...] = ()) -> None:
     if mode != "full":
         return
-    for enc in model.encoders.values():
-        enc.requires_grad_(trainable)
+    for m, enc in model.encoders.items():
+        enc.requires_grad_(trainable and m not in locked)
 
 
 @torch.no_grad()
@@ -175,6 +209,37 @@ def predict_split(model: MultimodalClassifier, inputs: Inputs, batch_size: int, 
         if gates is not None and getattr(model.head, "last_gates", None) is not None:
             gates.append(model.head.last_gates.cpu())
     return torch.cat(probs) if probs else torch.zeros(0)
+
+
+@torch.no_grad()
+def embed_split(model: MultimodalClassifier, inputs: Inputs, batch_size: int, device: torch.device,
+                cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Joint-space embeddings (n, dim) of both modalities of a split, by an alignment model."""
+    model.eval()
+    a, b = [], []
+    rng = np.random.default_rng(0)
+    for idx in batch_order(len(inputs.examples), batch_size, 0, 0, shuffle=False):
+        with _autocast(cfg, device):
+            ea, eb, _ = model(_to(inputs.batch(idx, model, train=False, rng=rng), device))
+        a.append(ea.float().cpu())
+        b.append(eb.float().cpu())
+    return torch.cat(a), torch.cat(b)
+
+
+def alignment_scores(model: MultimodalClassifier, inputs: Inputs, batch_size: int, device: torch.device,
+                     cfg: TrainConfig) -> dict[str, float]:
+    """Recall@1/5/10 both ways, MRR, and the contrastive loss over the whole split (every other pair a negative)."""
+    a, b = embed_split(model, inputs, batch_size, device, cfg)
+    out = retrieval_metrics(a, b, names=tuple(cfg.model.encoders))
+    out["loss"] = float(clip_loss(a, b, float(model.head.logit_scale().detach())))
+    return out
+
+
+def _complete_pairs(manifest, modalities: tuple[str, ...]):
+    keep = [e for e in manifest.examples if all(e.get(m) not in (None, "") for m in modalities)]
+    if len(keep) < len(manifest.examples):
+        print(f"align: {len(manifest.examples) - len(keep)} rows lack {' or '.join(modalities)} and are left out")
+    return dataclasses.replace(manifest, examples=keep)
 
 
 def _drop_modality(batch, drop: str | None):
@@ -228,23 +293,38 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     manifest = load_manifest(cfg.data.manifest)
     check_config_against_manifest(cfg, manifest.columns)
     manifest = require_clean(manifest, skip_bad=cfg.data.skip_bad, progress=progress and main_process)
-    splits = make_splits(manifest, cfg.data)
-    sequence = cfg.model.fusion.kind == "cross_attention"
-    probe = cfg.tuning.mode == "linear_probe"
+    align = cfg.task == "align"
+    if align:  # a pair needs both sides: rows lacking one modality cannot teach the alignment
+        manifest = _complete_pairs(manifest, tuple(cfg.model.encoders))
+    splits = make_splits(manifest, cfg.data, labelled=not align)
+    sequence = cfg.model.fusion.kind == "cross_attention" and not align
+    probe = cfg.tuning.mode in CACHED_MODES
+    if cfg.tuning.mode == "zeroshot":  # nothing is trained: every row with a label is evaluated
+        splits = Splits([], [], splits.train + splits.val + splits.test if not splits.test else splits.test, splits.labels)
 
     def inputs(examples: list) -> Inputs:
         table = FeatureTable(examples, cfg.model.encoders, sequence, progress=progress and main_process) if probe and examples else None
-        return Inputs(examples, splits.targets(examples), table)
+        targets = torch.zeros(len(examples), dtype=torch.long) if align else splits.targets(examples)
+        return Inputs(examples, targets, table)
 
     train_in, val_in, test_in = inputs(splits.train), inputs(splits.val), inputs(splits.test)
 
     # --- model, optimiser, schedule -----------------------------------------------------------------------------
-    model, counts = build_classifier(cfg, len(splits.labels), train_in.table.dims() if probe else None)
+    model, counts = build_classifier(cfg, len(splits.labels), train_in.table.dims() if probe and train_in.table else None,
+                                     labels=splits.labels)
     model.to(device)
     if main_process:
         log.info("parameters: %s trainable of %s", f"{counts['trainable']:,}", f"{counts['total']:,}")
         print(f"{cfg.tuning.mode}: {counts['trainable']:,} trainable parameters of {counts['total']:,} "
               f"({100 * counts['trainable'] / max(1, counts['total']):.2f} %)")
+    if cfg.tuning.mode == "zeroshot":
+        if main_process:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, run_dir / "config.yaml")
+            ckpt.write_json(run_dir / "labels.json", splits.labels)
+            ckpt.save_weights(run_dir / ckpt.WEIGHTS, ckpt.weights_to_save(model, cfg.tuning.mode))
+            _finish(run_dir, cfg, model, splits, test_in, device, counts, 0.0)
+        return run_dir
     head_params = [p for p in model.head.parameters() if p.requires_grad]
     enc_params = [p for p in model.encoders.parameters() if p.requires_grad]
     groups = [{"params": head_params, "lr": cfg.optim.lr}]
@@ -255,8 +335,13 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     total_steps = steps_per_epoch * cfg.optim.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, int(cfg.optim.warmup_ratio * total_steps)))
     counts_per_class = torch.bincount(train_in.targets, minlength=len(splits.labels)).float()
-    weight = (counts_per_class.sum() / (len(splits.labels) * counts_per_class.clamp_min(1))) if cfg.optim.class_weighting else None
+    weight = (counts_per_class.sum() / (len(splits.labels) * counts_per_class.clamp_min(1))) if cfg.optim.class_weighting and not align else None
     loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
+
+    def objective(out, targets: torch.Tensor) -> torch.Tensor:
+        return clip_loss(*out) if align else loss_fn(out.float(), targets)
+
+    locked = cfg.model.align.locked if align else ()
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.optim.amp == "fp16" and device.type == "cuda")
 
     # --- resume ----------------------------------------------------------------------------------------------------
@@ -281,7 +366,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     global_step = position["global_step"]
     start = time.perf_counter()
     for epoch in range(position["epoch"], cfg.optim.epochs):
-        _set_encoders_trainable(model, cfg.tuning.mode, epoch >= cfg.tuning.unfreeze_after_epochs)
+        _set_encoders_trainable(model, cfg.tuning.mode, epoch >= cfg.tuning.unfreeze_after_epochs, locked)
         batches = batch_order(len(splits.train), cfg.optim.batch_size, cfg.optim.seed, epoch, True, rank, world)
         steps = [batches[i : i + cfg.optim.grad_accum] for i in range(0, len(batches), cfg.optim.grad_accum)]
         first = position["batch"] if epoch == position["epoch"] else 0
@@ -290,6 +375,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         model.train()
         if cfg.tuning.mode == "lora" or epoch < cfg.tuning.unfreeze_after_epochs:
             freeze_norm_statistics(model.encoders)  # frozen weights keep their BatchNorm statistics too
+        for m in locked:
+            freeze_norm_statistics(model.encoders[m])
         for step_in_epoch in range(first, len(steps)):
             optimizer.zero_grad(set_to_none=True)
             total_loss = 0.0
@@ -298,7 +385,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 batch = train_in.batch(idx, model, train=True, rng=rng)
                 sync = contextlib.nullcontext() if world == 1 or micro == len(steps[step_in_epoch]) - 1 else ddp.no_sync()
                 with sync, _autocast(cfg, device):
-                    loss = loss_fn(ddp(_to(batch, device)).float(), train_in.targets[idx].to(device))
+                    loss = objective(ddp(_to(batch, device)), train_in.targets[idx].to(device))
                     scaler.scale(loss / len(steps[step_in_epoch])).backward()
                 total_loss += loss.item() / len(steps[step_in_epoch])
             if world > 1:  # log the global batch's loss, not this rank's share
@@ -333,24 +420,29 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         stop = False
         if main_process:
             val_inputs = val_in if val_in.examples else train_in
-            probs = predict_split(model, val_inputs, cfg.optim.batch_size, device, cfg)
-            val = scores(val_inputs.targets, probs)
-            val_loss = float(nn.functional.nll_loss(probs.clamp_min(1e-12).log(), val_inputs.targets))
-            _log(run_dir, writer, {"epoch": epoch + 1, "step": global_step, "val_loss": f"{val_loss:.6f}",
-                                   "val_accuracy": f"{val['accuracy']:.4f}", "val_macro_f1": f"{val['macro_f1']:.4f}",
+            if align:
+                val = alignment_scores(model, val_inputs, cfg.optim.batch_size, device, cfg)
+                shown = {"val_mean_r@1": f"{val['mean_r@1']:.4f}"}
+            else:
+                probs = predict_split(model, val_inputs, cfg.optim.batch_size, device, cfg)
+                val = scores(val_inputs.targets, probs)
+                val["loss"] = float(nn.functional.nll_loss(probs.clamp_min(1e-12).log(), val_inputs.targets))
+                shown = {"val_accuracy": f"{val['accuracy']:.4f}", "val_macro_f1": f"{val['macro_f1']:.4f}"}
+            _log(run_dir, writer, {"epoch": epoch + 1, "step": global_step, "val_loss": f"{val['loss']:.6f}", **shown,
                                    "seconds": f"{time.perf_counter() - start:.2f}"})
-            metric = val[cfg.optim.metric]
+            metric_name = "mean_r@1" if align else cfg.optim.metric
+            metric = val[metric_name]
             if position["best"] is None or metric > position["best"]:
                 position["best"], position["bad_epochs"] = metric, 0
                 ckpt.save_weights(run_dir / ckpt.WEIGHTS, ckpt.weights_to_save(model, cfg.tuning.mode),
-                                  {"epoch": str(epoch + 1), cfg.optim.metric: f"{metric:.4f}"})
+                                  {"epoch": str(epoch + 1), metric_name: f"{metric:.4f}"})
             else:
                 position["bad_epochs"] += 1
             stop = bool(cfg.optim.early_stopping) and position["bad_epochs"] >= cfg.optim.early_stopping
             ckpt.save_checkpoint(run_dir, model, cfg.tuning.mode, optimizer, scheduler,
                                  {**position, "epoch": epoch + 1, "batch": 0, "global_step": global_step})
             if stop:
-                print(f"early stopping after epoch {epoch + 1}: no better val {cfg.optim.metric} for "
+                print(f"early stopping after epoch {epoch + 1}: no better val {metric_name} for "
                       f"{cfg.optim.early_stopping} epochs")
         if world > 1:
             flag = torch.tensor([int(stop)], device=device)
@@ -389,6 +481,15 @@ def _check_replicas(model: nn.Module, run_dir: Path, world: int, main_process: b
 def _finish(run_dir: Path, cfg: TrainConfig, model, splits: Splits, test_in: Inputs, device, counts, seconds: float) -> None:
     result = {"parameters": counts, "train_seconds": round(seconds, 2), "labels": splits.labels,
               "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test)}
+    if cfg.task == "align":
+        if test_in.examples:
+            result["test"] = alignment_scores(model, test_in, cfg.optim.batch_size, device, cfg)
+            a, b = cfg.model.encoders
+            print(f"test: recall@1 {a}->{b} {result['test'][f'{a}_to_{b}_r@1']:.4f}, {b}->{a} "
+                  f"{result['test'][f'{b}_to_{a}_r@1']:.4f} ({len(splits.test)} pairs)")
+        result["logit_scale"] = float(model.head.logit_scale().detach())
+        ckpt.write_json(run_dir / "metrics.json", result)
+        return
     gates: list[torch.Tensor] = []
     if test_in.examples:
         probs = predict_split(model, test_in, cfg.optim.batch_size, device, cfg, gates=gates)

@@ -37,6 +37,22 @@ class Run:
         return torch.cat(out) if out else torch.zeros(0, len(self.labels))
 
 
+    @torch.no_grad()
+    def embed(self, examples: list[Example], batch_size: int = 32) -> dict[str, torch.Tensor]:
+        """An ``align`` run's joint-space embeddings: modality -> (n, dim), L2-normalised, for the examples that
+        have that modality (in order)."""
+        if not hasattr(self.model.head, "embed"):
+            raise PolymodalError(f"{self.path}: not an align run; embeddings come from runs with task: align")
+        self.model.eval()
+        out: dict[str, list[torch.Tensor]] = {m: [] for m in self.model.encoders}
+        rng = np.random.default_rng(0)
+        for idx in batch_order(len(examples), batch_size, 0, 0, shuffle=False):
+            batch = raw_batch([examples[i] for i in idx.tolist()], dict(self.model.encoders), train=False, rng=rng)
+            for m, f in self.model.encode(batch).items():
+                out[m].append(self.model.head.embed(m, f.pooled[f.present]))
+        return {m: torch.cat(v) if v else torch.zeros(0) for m, v in out.items()}
+
+
 def load_run(path: str | Path) -> Run:
     """Load a run folder written by ``train``.
 
@@ -49,6 +65,6 @@ def load_run(path: str | Path) -> Run:
             raise PolymodalError(f"{path}: not a finished run (no {name}); train it with `polymodal train CONFIG`")
     cfg = load_config(path / "config.yaml")
     labels = json.loads((path / "labels.json").read_text())
-    model, _ = build_classifier(cfg, len(labels), live_encoders=True)
+    model, _ = build_classifier(cfg, len(labels), live_encoders=True, labels=labels)
     ckpt.load_weights(model, path / ckpt.WEIGHTS)
     return Run(path, cfg, labels, model.eval())
