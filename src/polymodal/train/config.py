@@ -163,6 +163,25 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class CompressionConfig:
+    """Set by ``polymodal compress`` in the run it writes, so ``load_run`` rebuilds the compressed layers.
+
+    A compressed LoRA run holds merged weights (adapters folded in): INT8 layers cannot carry adapters.
+    """
+
+    source: str  # the run folder the weights were compressed from
+    int8: bool = False  # Linear layers dynamically quantised to INT8 (torch); load_run quantises before loading
+    prune: float = 0.0  # share of each Linear/conv weight zeroed by magnitude pruning (the zeros are in the weights)
+    fp32_layers: tuple[str, ...] = ()  # Linear layers --int8 kept fp32 (inputs with outliers), by full name
+
+    def __post_init__(self):
+        if not 0 <= self.prune < 1:
+            raise ConfigError(f"compression.prune: must be in [0, 1), got {self.prune}")
+        if not self.int8 and self.prune == 0:
+            raise ConfigError("compression: neither int8 nor prune is set; a run without compression has none")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig
     model: ModelConfig
@@ -170,6 +189,7 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     out_dir: str = "runs/run"  # where checkpoints, logs and the report go
     task: str = "classify"  # classify (labels) | align (contrastive alignment of two modalities; no labels needed)
+    compression: CompressionConfig | None = None  # written by `polymodal compress`; leave empty
 
     def __post_init__(self):
         if self.task not in TASKS:
@@ -236,8 +256,12 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     if isinstance(prompt.get("templates"), list):
         prompt["templates"] = tuple(prompt["templates"])
     tuning["prompt"] = _build(PromptConfig, prompt, "tuning.prompt")
+    compression = d.get("compression")
+    if isinstance(compression, dict) and compression.get("fp32_layers") is not None:
+        compression = {**compression, "fp32_layers": tuple(compression["fp32_layers"])}
     return _build(TrainConfig, {
-        **{k: v for k, v in d.items() if k not in ("data", "model", "tuning", "optim")},
+        **{k: v for k, v in d.items() if k not in ("data", "model", "tuning", "optim", "compression")},
+        "compression": None if compression is None else _build(CompressionConfig, compression, "compression"),
         "data": _build(DataConfig, d["data"], "data"),
         "model": _build(ModelConfig, model, "model"),
         "tuning": _build(TuningConfig, tuning, "tuning"),

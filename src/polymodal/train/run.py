@@ -66,5 +66,10 @@ def load_run(path: str | Path) -> Run:
     cfg = load_config(path / "config.yaml")
     labels = json.loads((path / "labels.json").read_text())
     model, _ = build_classifier(cfg, len(labels), live_encoders=True, labels=labels)
-    ckpt.load_weights(model, path / ckpt.WEIGHTS)
+    if cfg.compression is not None:  # written by `polymodal compress`: INT8 layers and/or merged LoRA
+        from ._compressed import load_compressed
+
+        load_compressed(model, cfg, path / ckpt.WEIGHTS)
+    else:
+        ckpt.load_weights(model, path / ckpt.WEIGHTS)
     return Run(path, cfg, labels, model.eval())

@@ -1,0 +1,103 @@
+"""What compression is judged by, measured the same way for every variant: test accuracy, latency, size.
+
+Latency is the model's forward pass on inputs prepared beforehand (decoding, tokenising and resizing excluded:
+compression does not change them), per item, at a given batch size; the median over repeated calls after a
+warm-up. For a linear probe that is the head on cached features; with live encoders it includes the encoders.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import load_manifest, require_clean
+from ..data.manifest import Example
+from ..errors import PolymodalError
+from ..train.config import TrainConfig
+from ..train.data import FeatureTable, make_splits
+from ..train.loop import Inputs, predict_split, scores
+
+
+@dataclass
+class EvalSplit:
+    """A run's test split, as its config makes it, ready to batch."""
+
+    examples: list[Example]
+    targets: torch.Tensor  # (n,) class indices into the run's labels
+    inputs: Inputs  # cached features for a linear probe, raw examples otherwise
+
+
+def load_split(cfg: TrainConfig, labels: list[str], run_dir: Path, part: str = "test") -> EvalSplit:
+    """A split (``test``, or ``val`` for calibration) of the run configured by ``cfg``: same manifest, same seeded
+    split as training. A missing ``val`` split falls back to ``train``.
+
+    Raises:
+        PolymodalError: the run's manifest has no test rows, or a label the run never saw.
+    """
+    manifest = require_clean(load_manifest(cfg.data.manifest), skip_bad=cfg.data.skip_bad, progress=False)
+    splits = make_splits(manifest, cfg.data)
+    test = splits.test if part == "test" else (splits.val or splits.train)
+    if not test:
+        raise PolymodalError(f"{run_dir}: the manifest {cfg.data.manifest} gives no test rows to measure accuracy on; "
+                             "add a 'split' column with 'test' rows or set data.test_fraction > 0")
+    index = {label: i for i, label in enumerate(labels)}
+    unknown = sorted({e.label for e in test} - set(index))
+    if unknown:
+        raise PolymodalError(f"{run_dir}: test labels {unknown[:5]} are not in labels.json; the manifest changed "
+                             "since training")
+    targets = torch.tensor([index[e.label] for e in test])
+    sequence = cfg.model.fusion.kind == "cross_attention"
+    table = FeatureTable(test, cfg.model.encoders, sequence, progress=False) if cfg.tuning.mode == "linear_probe" else None
+    return EvalSplit(test, targets, Inputs(test, targets, table))
+
+
+def accuracy(model: torch.nn.Module, split: EvalSplit, cfg: TrainConfig, batch_size: int = 32) -> tuple[dict[str, float], torch.Tensor]:
+    """(scores, probabilities (n, classes)) of ``model`` on the test split."""
+    probs = predict_split(model, split.inputs, batch_size, torch.device("cpu"), cfg)
+    return scores(split.targets, probs), probs
+
+
+def prepared_batch(model: torch.nn.Module, split: EvalSplit, batch_size: int):
+    """A batch of ``batch_size`` test items (cycling through the split when it is smaller), prepared for ``model``."""
+    idx = torch.arange(batch_size) % len(split.examples)
+    return split.inputs.batch(idx, model, train=False, rng=np.random.default_rng(0))
+
+
+def time_per_item_ms(call: Callable[[], object], batch_size: int, min_seconds: float = 1.0, min_calls: int = 3,
+                     max_calls: int = 200) -> list[float]:
+    """Milliseconds per item of each timed ``call()`` (one batch of ``batch_size``): at least ``min_calls`` calls
+    and ``min_seconds`` seconds."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_calls and (len(times) < min_calls or time.perf_counter() - start < min_seconds):
+        t = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - t) * 1000 / batch_size)
+    return times
+
+
+def compare_latency(calls: dict[str, Callable[[], object]], batch_size: int, rounds: int = 3,
+                    min_seconds: float = 1.0) -> dict[str, float]:
+    """Median ms per item of each named call, after two warm-up calls, interleaved over ``rounds`` so that a load
+    change on a shared machine hits every variant alike."""
+    for call in calls.values():
+        call(), call()
+    samples: dict[str, list[float]] = {name: [] for name in calls}
+    for _ in range(rounds):
+        for name, call in calls.items():
+            samples[name] += time_per_item_ms(call, batch_size, min_seconds=min_seconds / rounds)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
+def torch_forward(model: torch.nn.Module, batch) -> Callable[[], object]:
+    """A no-grad forward call of ``model`` on a prepared batch, for timing."""
+    def call():
+        with torch.inference_mode():
+            return model(batch)
+    return call
