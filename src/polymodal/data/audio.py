@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import os
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -20,24 +21,36 @@ MAX_AUDIO_SECONDS = 600.0  # longer files are refused by load_audio unless the c
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif")
 
 
-def probe_audio(path: str | os.PathLike) -> sf._SoundFileInfo:
+def probe_audio(path: str | os.PathLike | BinaryIO) -> sf._SoundFileInfo:
     """Read an audio file's header (rate, frames, channels) without decoding it.
+
+    Args:
+        path: a file path, or a seekable binary file object (e.g. an upload held in a ``BytesIO``); messages name
+            it by its ``name`` attribute where it has one.
 
     Raises:
         MediaError: ``missing_file``, ``unreadable_file`` or ``corrupt_audio``.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise MediaError("missing_file", path, f"{path}: file not found")
-    if os.path.isdir(path):
-        raise MediaError("unreadable_file", path, f"{path}: is a folder, not an audio file")
-    if not os.access(path, os.R_OK):
-        raise MediaError("unreadable_file", path, f"{path}: cannot read it; fix its permissions")
+    if hasattr(path, "read"):
+        source: str | BinaryIO = path
+        path = str(getattr(path, "name", "<stream>"))
+    else:
+        path = source = os.fspath(path)
+        if not os.path.exists(path):
+            raise MediaError("missing_file", path, f"{path}: file not found")
+        if os.path.isdir(path):
+            raise MediaError("unreadable_file", path, f"{path}: is a folder, not an audio file")
+        if not os.access(path, os.R_OK):
+            raise MediaError("unreadable_file", path, f"{path}: cannot read it; fix its permissions")
     try:
-        info = sf.info(path)
+        info = sf.info(_rewound(source))
     except (sf.LibsndfileError, RuntimeError, TypeError) as e:
         raise MediaError("corrupt_audio", path, f"{path}: not a readable audio file ({e}); re-export it as wav/flac/ogg or remove it") from e
-    missing = _wav_missing_bytes(path)
+    if isinstance(source, str):
+        with open(source, "rb") as f:
+            missing = _wav_missing_bytes(f)
+    else:
+        missing = _wav_missing_bytes(_rewound(source))
     if missing:
         raise MediaError(
             "corrupt_audio", path,
@@ -46,41 +59,52 @@ def probe_audio(path: str | os.PathLike) -> sf._SoundFileInfo:
     return info
 
 
+def _rewound(source: str | BinaryIO) -> str | BinaryIO:
+    """A file object back at its start (libsndfile reads from the current position); a path as it is."""
+    if not isinstance(source, str):
+        source.seek(0)
+    return source
+
+
 # A data size written by encoders that stream and cannot go back to fill it in: unknown, not truncated.
 _WAV_UNKNOWN_SIZES = (0, 0xFFFFFFFF)
 
 
-def _wav_missing_bytes(path: str) -> int:
+def _wav_missing_bytes(f: BinaryIO) -> int:
     """Bytes a RIFF WAV's ``data`` chunk declares beyond the end of the file; 0 for whole files and other formats.
 
     libsndfile quietly shortens a truncated WAV to what is there, so its frame count cannot reveal the cut.
     """
-    with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return 0
-        size = os.fstat(f.fileno()).st_size
-        while len(chunk := f.read(8)) == 8:
-            length = int.from_bytes(chunk[4:], "little")
-            if chunk[:4] == b"data":
-                return 0 if length in _WAV_UNKNOWN_SIZES else max(0, length - (size - f.tell()))
-            f.seek(length + (length & 1), os.SEEK_CUR)  # chunks are padded to an even length
+    head = f.read(12)
+    if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+        return 0
+    size = f.seek(0, os.SEEK_END)
+    f.seek(12)
+    while len(chunk := f.read(8)) == 8:
+        length = int.from_bytes(chunk[4:], "little")
+        if chunk[:4] == b"data":
+            return 0 if length in _WAV_UNKNOWN_SIZES else max(0, length - (size - f.tell()))
+        f.seek(length + (length & 1), os.SEEK_CUR)  # chunks are padded to an even length
     return 0
 
 
 def load_audio(
-    path: str | os.PathLike,
+    path: str | os.PathLike | BinaryIO,
     sample_rate: int | None = SAMPLE_RATE_HZ,
     max_seconds: float | None = MAX_AUDIO_SECONDS,
 ) -> np.ndarray:
     """Decode an audio file to a mono float32 waveform, resampled to ``sample_rate`` (None keeps the file's rate).
 
+    Args:
+        path: a file path, or a seekable binary file object, as for ``probe_audio``.
+
     Raises:
         MediaError: ``missing_file``, ``unreadable_file``, ``corrupt_audio`` (also truncated or empty files)
             or ``audio_too_long`` (checked from the header, before decoding).
     """
-    path = os.fspath(path)
-    info = probe_audio(path)
+    source = path if hasattr(path, "read") else os.fspath(path)
+    path = str(getattr(path, "name", "<stream>")) if hasattr(path, "read") else source
+    info = probe_audio(source)
     if info.frames <= 0 or info.samplerate <= 0:
         raise MediaError("corrupt_audio", path, f"{path}: audio has no samples; remove the row or replace the file")
     seconds = info.frames / info.samplerate
@@ -90,7 +114,7 @@ def load_audio(
             f"{path}: {seconds:.1f} s is longer than the limit of {max_seconds:g} s; cut it into segments or raise max_seconds",
         )
     try:
-        wave, rate = sf.read(path, dtype="float32", always_2d=True)
+        wave, rate = sf.read(_rewound(source), dtype="float32", always_2d=True)
     except (sf.LibsndfileError, RuntimeError) as e:
         raise MediaError("corrupt_audio", path, f"{path}: audio data is corrupt or truncated ({e}); re-export or remove it") from e
     if wave.shape[0] == 0:

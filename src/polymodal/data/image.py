@@ -9,6 +9,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -23,22 +24,30 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_image(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
+def load_image(path: str | os.PathLike | BinaryIO, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode an image file to RGB, refusing files that are missing, corrupt, truncated or too large.
 
     The pixel count is checked from the header, before any pixel is decoded.
 
+    Args:
+        path: a file path, or a seekable binary file object (e.g. an upload held in a ``BytesIO``); messages name
+            it by its ``name`` attribute where it has one.
+
     Raises:
         MediaError: with ``kind`` one of ``missing_file``, ``unreadable_file``, ``corrupt_image``, ``too_many_pixels``.
     """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise MediaError("missing_file", path, f"{path}: file not found")
+    if hasattr(path, "read"):
+        source: str | BinaryIO = path
+        path = str(getattr(path, "name", "<stream>"))
+    else:
+        path = source = os.fspath(path)
+        if not os.path.exists(path):
+            raise MediaError("missing_file", path, f"{path}: file not found")
     try:
         with warnings.catch_warnings():
             # Pillow's own guard warns over Image.MAX_IMAGE_PIXELS (89 M); the limit here is max_pixels, checked below.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(source)
     except PermissionError as e:
         raise MediaError("unreadable_file", path, f"{path}: cannot read ({e.strerror}); fix its permissions") from e
     except IsADirectoryError as e:
