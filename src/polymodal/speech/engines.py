@@ -1,0 +1,201 @@
+"""Speech recognisers behind one small protocol: a list of 16 kHz waveforms (each at most 30 s) -> their texts.
+
+- ``FasterWhisperRecognizer``: faster-whisper (CTranslate2), int8 by default; fastest on a CPU.
+- ``TransformersRecognizer``: ``WhisperForConditionalGeneration``; the path to fine-tuning and LoRA.
+- ``PocketsphinxRecognizer``: CMU PocketSphinx (BSD) with its bundled US-English model and general language
+  model: a tiny, fast, far less accurate fallback (and a baseline in ``bench/speech.py``).
+
+Both decode greedily by default (temperature 0, no fallback) without timestamp tokens and without their own
+no-speech filters: the VAD upstream decides what is speech, so the engines see the same chunks.
+Their front ends differ as their projects do: faster-whisper pads a short chunk's log-mel with zeros,
+transformers (like openai/whisper) pads the waveform to 30 s before the log-mel, so transcripts of short or
+quiet clips can differ between engines even with the same weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..data.audio import SAMPLE_RATE_HZ
+from ..errors import ConfigError, ModelNotFoundError
+
+ENGINES = ("faster-whisper", "transformers", "pocketsphinx")
+COMPUTE_TYPES = ("int8", "int8_float32", "float32", "float16", "default")
+
+
+class Recognizer(Protocol):
+    """Turns speech chunks into text."""
+
+    def decode(self, waves: list[np.ndarray]) -> list[str]:
+        """Texts of 16 kHz mono float32 waveforms, each (samples,) and at most 30 s long."""
+        ...
+
+
+def _is_ct2_dir(path: Path) -> bool:
+    return (path / "model.bin").is_file()
+
+
+def _is_hf_whisper_dir(path: Path) -> bool:
+    config = path / "config.json"
+    return config.is_file() and json.loads(config.read_text()).get("model_type") == "whisper"
+
+
+class FasterWhisperRecognizer:
+    """A faster-whisper model folder (model.bin, config.json, tokenizer.json) on the CPU.
+
+    Args:
+        model_dir: the CTranslate2 folder.
+        compute_type: CTranslate2 weight type; int8 quantises the fp16 weights at load time.
+        language: ISO code such as ``"en"``; None detects it per chunk.
+        beam_size: 1 is greedy decoding.
+        threads: CPU threads; 0 uses torch's setting.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, compute_type: str = "int8", language: str | None = "en",
+                 beam_size: int = 1, threads: int = 0):
+        model_dir = Path(model_dir)
+        if not _is_ct2_dir(model_dir):
+            hint = (" It is a transformers Whisper folder: use engine 'transformers', or convert it with "
+                    "`ct2-transformers-converter --model DIR --output_dir OUT`." if _is_hf_whisper_dir(model_dir) else "")
+            raise ModelNotFoundError(f"{model_dir}: no model.bin, so not a faster-whisper model folder.{hint}")
+        try:
+            from faster_whisper import WhisperModel
+        except ImportError as e:
+            raise ModelNotFoundError(f"engine 'faster-whisper' needs the faster-whisper package ({e}); "
+                                     "`pip install faster-whisper`, or use engine 'transformers'") from e
+        import torch
+
+        self.model = WhisperModel(str(model_dir), device="cpu", compute_type=compute_type,
+                                  cpu_threads=threads or torch.get_num_threads(), local_files_only=True)
+        self.language, self.beam_size = language, beam_size
+
+    def decode(self, waves: list[np.ndarray]) -> list[str]:
+        texts = []
+        for wave in waves:
+            segments, _ = self.model.transcribe(
+                np.asarray(wave, dtype=np.float32), language=self.language, beam_size=self.beam_size, temperature=0.0,
+                without_timestamps=True, condition_on_previous_text=False, vad_filter=False,
+                no_speech_threshold=None, log_prob_threshold=None, compression_ratio_threshold=None,
+            )
+            texts.append("".join(s.text for s in segments).strip())
+        return texts
+
+
+class TransformersRecognizer:
+    """A transformers Whisper folder (or a CTranslate2 one, converted once and cached) on the CPU in float32.
+
+    Args:
+        model_dir: ``WhisperForConditionalGeneration`` folder with its processor files.
+        language: ISO code such as ``"en"``; None detects it.
+        beam_size: 1 is greedy decoding.
+        batch_size: chunks per ``generate`` call.
+        model: an already loaded (e.g. fine-tuned) ``WhisperForConditionalGeneration``; None loads ``model_dir``.
+        processor: its ``WhisperProcessor``; None loads the one in ``model_dir``.
+    """
+
+    def __init__(self, model_dir: str | os.PathLike, language: str | None = "en", beam_size: int = 1,
+                 batch_size: int = 8, model=None, processor=None):
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        from ..models._hf import quiet_transformers
+
+        model_dir = Path(model_dir)
+        if model is None:
+            if _is_ct2_dir(model_dir) and not _is_hf_whisper_dir(model_dir):
+                from .convert import convert_ct2_whisper
+
+                model_dir = convert_ct2_whisper(model_dir)
+            if not _is_hf_whisper_dir(model_dir):
+                raise ModelNotFoundError(f"{model_dir}: not a transformers Whisper folder (config.json with "
+                                         "model_type whisper) nor a faster-whisper one (model.bin)")
+            with quiet_transformers():
+                model = WhisperForConditionalGeneration.from_pretrained(model_dir)
+        with quiet_transformers():
+            self.processor = processor if processor is not None else WhisperProcessor.from_pretrained(model_dir)
+        self.model = model.eval()
+        self.language, self.beam_size, self.batch_size = language, beam_size, batch_size
+
+    def features(self, waves: list[np.ndarray]):
+        """Log-mel input (batch, n_mels, 3000) of waveforms padded to 30 s."""
+        return self.processor.feature_extractor([np.asarray(w, dtype=np.float32) for w in waves],
+                                                sampling_rate=SAMPLE_RATE_HZ, return_tensors="pt").input_features
+
+    def generate_ids(self, waves: list[np.ndarray]):
+        """Greedy (or beam) token ids (batch, tokens), the prompt included."""
+        import torch
+
+        kwargs = {"task": "transcribe", "num_beams": self.beam_size, "do_sample": False, "return_timestamps": False}
+        if self.language:
+            kwargs["language"] = self.language
+        from ..models._hf import quiet_transformers
+
+        # quiet: transformers' notes about its own Whisper defaults, and about the attention mask, which Whisper's
+        # encoder does not take (every input is padded to 30 s)
+        with torch.inference_mode(), warnings.catch_warnings(), quiet_transformers():
+            warnings.simplefilter("ignore")
+            return self.model.generate(self.features(waves).to(self.model.dtype), **kwargs)
+
+    def decode(self, waves: list[np.ndarray]) -> list[str]:
+        texts: list[str] = []
+        for i in range(0, len(waves), self.batch_size):
+            ids = self.generate_ids(waves[i : i + self.batch_size])
+            texts += [t.strip() for t in self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return texts
+
+
+class PocketsphinxRecognizer:
+    """PocketSphinx 5 with the US-English acoustic model, dictionary and trigram LM of the ``pocketsphinx`` wheel."""
+
+    def __init__(self):
+        try:
+            from pocketsphinx import Decoder
+        except ImportError as e:
+            raise ModelNotFoundError(f"engine 'pocketsphinx' needs the pocketsphinx package ({e}); "
+                                     "`pip install pocketsphinx`") from e
+        self.decoder = Decoder(loglevel="FATAL", samprate=SAMPLE_RATE_HZ)
+
+    def decode(self, waves: list[np.ndarray]) -> list[str]:
+        texts = []
+        for wave in waves:
+            pcm = (np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0) * 32767).astype("<i2").tobytes()
+            self.decoder.start_utt()
+            self.decoder.process_raw(pcm, full_utt=True)
+            self.decoder.end_utt()
+            hyp = self.decoder.hyp()
+            texts.append(hyp.hypstr.strip() if hyp is not None else "")
+        return texts
+
+
+def build_recognizer(model: str = "whisper-base", engine: str = "faster-whisper", compute_type: str = "int8",
+                     language: str | None = "en", beam_size: int = 1, threads: int = 0) -> Recognizer:
+    """A recogniser from a model reference: ``whisper-base`` (bundled), a model folder, or a hub id.
+
+    Engine ``pocketsphinx`` always uses the pocketsphinx wheel's US-English model; ``model`` is not used.
+
+    Raises:
+        ConfigError: unknown engine or compute type.
+        ModelNotFoundError: the model cannot be found or does not suit the engine.
+    """
+    from ..models._resolver import resolve_model
+
+    if engine not in ENGINES:
+        raise ConfigError(f"engine: {engine!r} is not one of {', '.join(ENGINES)}")
+    if compute_type not in COMPUTE_TYPES:
+        raise ConfigError(f"compute_type: {compute_type!r} is not one of {', '.join(COMPUTE_TYPES)}")
+    if beam_size < 1:
+        raise ConfigError(f"beam_size: must be at least 1, got {beam_size}")
+    if engine == "pocketsphinx":
+        return PocketsphinxRecognizer()
+    path = resolve_model(model)
+    if not path.is_dir():
+        raise ModelNotFoundError(f"{path} is a file; give a Whisper model folder, a hub id or 'whisper-base'")
+    if engine == "faster-whisper":
+        return FasterWhisperRecognizer(path, compute_type=compute_type, language=language, beam_size=beam_size,
+                                       threads=threads)
+    return TransformersRecognizer(path, language=language, beam_size=beam_size)
