@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -202,3 +203,16 @@ def test_freezing_schedule_keeps_encoders_fixed_until_unfrozen(dataset, tiny_mod
         changed[epochs] = [k for k in initial if not torch.equal(saved[k], initial[k])]
     assert changed[1] == []  # only the head trained in epoch 1
     assert any("attention" in k for k in changed[2])  # the encoder trained once unfrozen
+
+
+def test_a_run_saved_from_a_relative_manifest_path_reloads(tmp_path, tiny_model_dir, monkeypatch):
+    from polymodal.train.config import load_config, save_config
+
+    dataset = write_dataset(tmp_path / "d", n=12)
+    monkeypatch.chdir(tmp_path)
+    cfg = config_from_dict({"data": {"manifest": "d/m.csv"}, "model": {"encoders": {"text": str(tiny_model_dir("bert"))}},
+                            "optim": {"epochs": 1}, "out_dir": "runs/rel"})
+    save_config(cfg, tmp_path / "c.yaml")
+    run_dir = train(load_config("c.yaml"), progress=False)
+    saved = load_config(run_dir / "config.yaml")
+    assert Path(saved.data.manifest) == dataset.resolve()  # not runs/rel/d/m.csv

@@ -235,6 +235,12 @@ def alignment_scores(model: MultimodalClassifier, inputs: Inputs, batch_size: in
     return out
 
 
+def _portable(cfg: TrainConfig) -> TrainConfig:
+    """The config as a run saves it: a relative manifest path was relative to the working directory (or the
+    original config's folder), which ``load_config`` of ``RUN/config.yaml`` would take as relative to RUN."""
+    return dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, manifest=str(Path(cfg.data.manifest).resolve())))
+
+
 def _complete_pairs(manifest, modalities: tuple[str, ...]):
     keep = [e for e in manifest.examples if all(e.get(m) not in (None, "") for m in modalities)]
     if len(keep) < len(manifest.examples):
@@ -320,7 +326,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     if cfg.tuning.mode == "zeroshot":
         if main_process:
             run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, run_dir / "config.yaml")
+            save_config(_portable(cfg), run_dir / "config.yaml")
             ckpt.write_json(run_dir / "labels.json", splits.labels)
             ckpt.save_weights(run_dir / ckpt.WEIGHTS, ckpt.weights_to_save(model, cfg.tuning.mode))
             _finish(run_dir, cfg, model, splits, test_in, device, counts, 0.0)
@@ -356,7 +362,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     elif main_process:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "log.csv").unlink(missing_ok=True)  # left by a run that died before its first checkpoint
-        save_config(cfg, run_dir / "config.yaml")
+        save_config(_portable(cfg), run_dir / "config.yaml")
         ckpt.write_json(run_dir / "labels.json", splits.labels)
     # A batch whose examples all lack a modality leaves that encoder unused on that rank: DDP must be told.
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=bool(model.encoders)) if world > 1 else model
