@@ -274,7 +274,7 @@ def write_retrieval_report(out_dir: str | Path, title: str, metrics: dict[str, f
     ]
     if extra:
         blocks += [Heading("Run"), table(("", "value"), list(extra.items()))]
-    return _write_pair(out, "report.md", "report.html", title, blocks)
+    return _write_pair(out, REPORT_MD, REPORT_HTML, title, blocks)
 
 
 def _write_pair(out: Path, md_name: str, html_name: str, title: str, blocks: list[Block]) -> tuple[Path, Path]:
