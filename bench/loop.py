@@ -63,6 +63,7 @@ QUICK = Sizes(6, 2, 1, 48, 16, 1, 1)
 
 
 def log(msg: str) -> None:
+    fusion.LOADS.append(os.getloadavg()[0])
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
@@ -414,6 +415,7 @@ def run(args) -> None:
     report["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report["timings"] = timings
     report["load"] = (load_start, os.getloadavg())
+    report["loads"] = fusion.LOADS
     saved = REPO_ROOT / "bench" / "work" / ("loop-quick.pkl" if args.quick else "loop.pkl")  # git-ignored
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_bytes(pickle.dumps({"report": report, "args": args}))
