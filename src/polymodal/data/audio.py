@@ -15,6 +15,7 @@ import soundfile as sf
 import torch
 
 from ..errors import MediaError
+from ._source import media_source
 
 SAMPLE_RATE_HZ = 16_000  # what most speech and audio encoders expect
 MAX_AUDIO_SECONDS = 600.0  # longer files are refused by load_audio unless the caller raises the limit
@@ -31,11 +32,8 @@ def probe_audio(path: str | os.PathLike | BinaryIO) -> sf._SoundFileInfo:
     Raises:
         MediaError: ``missing_file``, ``unreadable_file`` or ``corrupt_audio``.
     """
-    if hasattr(path, "read"):
-        source: str | BinaryIO = path
-        path = str(getattr(path, "name", "<stream>"))
-    else:
-        path = source = os.fspath(path)
+    source, path = media_source(path)
+    if isinstance(source, str):
         if not os.path.exists(path):
             raise MediaError("missing_file", path, f"{path}: file not found")
         if os.path.isdir(path):
@@ -102,8 +100,7 @@ def load_audio(
         MediaError: ``missing_file``, ``unreadable_file``, ``corrupt_audio`` (also truncated or empty files)
             or ``audio_too_long`` (checked from the header, before decoding).
     """
-    source = path if hasattr(path, "read") else os.fspath(path)
-    path = str(getattr(path, "name", "<stream>")) if hasattr(path, "read") else source
+    source, path = media_source(path)
     info = probe_audio(source)
     if info.frames <= 0 or info.samplerate <= 0:
         raise MediaError("corrupt_audio", path, f"{path}: audio has no samples; remove the row or replace the file")

@@ -16,6 +16,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps, UnidentifiedImageError
 
 from ..errors import MediaError
+from ._source import media_source
 
 # A 12k x 12k photo; anything larger is almost surely a decompression bomb.
 MAX_IMAGE_PIXELS = 144_000_000
@@ -36,13 +37,9 @@ def load_image(path: str | os.PathLike | BinaryIO, max_pixels: int = MAX_IMAGE_P
     Raises:
         MediaError: with ``kind`` one of ``missing_file``, ``unreadable_file``, ``corrupt_image``, ``too_many_pixels``.
     """
-    if hasattr(path, "read"):
-        source: str | BinaryIO = path
-        path = str(getattr(path, "name", "<stream>"))
-    else:
-        path = source = os.fspath(path)
-        if not os.path.exists(path):
-            raise MediaError("missing_file", path, f"{path}: file not found")
+    source, path = media_source(path)
+    if isinstance(source, str) and not os.path.exists(path):
+        raise MediaError("missing_file", path, f"{path}: file not found")
     try:
         with warnings.catch_warnings():
             # Pillow's own guard warns over Image.MAX_IMAGE_PIXELS (89 M); the limit here is max_pixels, checked below.
