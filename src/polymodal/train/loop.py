@@ -235,6 +235,13 @@ def alignment_scores(model: MultimodalClassifier, inputs: Inputs, batch_size: in
     return out
 
 
+def _start_run_folder(run_dir: Path, cfg: TrainConfig, labels: list[str]) -> None:
+    """What every new run folder holds first: the config that rebuilds its model, and its labels."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    save_config(_portable(cfg), run_dir / "config.yaml")
+    ckpt.write_json(run_dir / "labels.json", labels)
+
+
 def _portable(cfg: TrainConfig) -> TrainConfig:
     """The config as a run saves it: a relative manifest path was relative to the working directory (or the
     original config's folder), which ``load_config`` of ``RUN/config.yaml`` would take as relative to RUN."""
@@ -325,9 +332,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
               f"({100 * counts['trainable'] / max(1, counts['total']):.2f} %)")
     if cfg.tuning.mode == "zeroshot":
         if main_process:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            save_config(_portable(cfg), run_dir / "config.yaml")
-            ckpt.write_json(run_dir / "labels.json", splits.labels)
+            _start_run_folder(run_dir, cfg, splits.labels)
             ckpt.save_weights(run_dir / ckpt.WEIGHTS, ckpt.weights_to_save(model, cfg.tuning.mode))
             _finish(run_dir, cfg, model, splits, test_in, device, counts, 0.0)
         return run_dir
@@ -360,10 +365,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         _truncate_log(run_dir / "log.csv", position["global_step"])
         print(f"resuming {run_dir} at epoch {position['epoch'] + 1}, step {position['global_step']}")
     elif main_process:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        _start_run_folder(run_dir, cfg, splits.labels)
         (run_dir / "log.csv").unlink(missing_ok=True)  # left by a run that died before its first checkpoint
-        save_config(_portable(cfg), run_dir / "config.yaml")
-        ckpt.write_json(run_dir / "labels.json", splits.labels)
     # A batch whose examples all lack a modality leaves that encoder unused on that rank: DDP must be told.
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=bool(model.encoders)) if world > 1 else model
     writer = _tensorboard(run_dir) if main_process else None
