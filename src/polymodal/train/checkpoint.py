@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,22 +70,27 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, model: torch.nn.Module, mode: str, optimizer, scheduler, position: dict[str, Any]) -> None:
-    """The resumable state, written into a temporary folder and renamed over the previous checkpoint."""
+def save_checkpoint(run_dir: Path, weights: dict[str, torch.Tensor], optimizer, scheduler, position: dict[str, Any]) -> None:
+    """The resumable state, written into a temporary folder and renamed over the previous checkpoint.
+
+    Args:
+        weights: what the run keeps of its model (``weights_to_save``, or a task's own choice).
+    """
     buf = io.BytesIO()
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, buf)
     with atomic_dir(run_dir / CHECKPOINT_DIR) as tmp:
-        (tmp / WEIGHTS).write_bytes(save({k: v.clone() for k, v in weights_to_save(model, mode).items()}))
+        (tmp / WEIGHTS).write_bytes(save({k: v.clone() for k, v in weights.items()}))
         (tmp / "state.pt").write_bytes(buf.getvalue())
         (tmp / "position.json").write_text(json.dumps(position, indent=1))
 
 
-def load_checkpoint(run_dir: Path, model: torch.nn.Module, optimizer, scheduler) -> dict[str, Any] | None:
-    """Restore the latest checkpoint into model, optimiser and scheduler; returns its position, or None."""
+def load_checkpoint(run_dir: Path, load_weights_from: Callable[[Path], None], optimizer, scheduler) -> dict[str, Any] | None:
+    """Restore the latest checkpoint (weights through ``load_weights_from(path)``, optimiser, scheduler, RNG);
+    returns its position, or None."""
     ckpt = run_dir / CHECKPOINT_DIR
     if not (ckpt / "position.json").exists():
         return None
-    load_weights(model, ckpt / WEIGHTS)
+    load_weights_from(ckpt / WEIGHTS)
     state = torch.load(ckpt / "state.pt", map_location="cpu", weights_only=False)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

@@ -1,4 +1,6 @@
-"""The one training loop: every fusion head and tuning mode goes through ``train``; read it top to bottom.
+"""The one training loop: every task, fusion head and tuning mode goes through ``train``; read it top to bottom.
+
+``run_loop`` is the part every task (``task.py``) shares; ``HeadTask`` is classification and alignment.
 
 AdamW with linear warm-up then cosine decay, gradient accumulation and clipping, mixed precision on CUDA,
 class weighting, early stopping on a validation metric, atomic checkpoints with exact resume (weights, optimiser,
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import importlib
 import io
 import logging
 import math
@@ -38,11 +41,13 @@ from .config import PROMPT_MODES, TrainConfig, save_config
 from .data import FeatureTable, Splits, batch_order, make_splits, raw_batch
 from .model import MultimodalClassifier
 from .prompt_head import build_prompt_head
+from .task import TASK_BUILDERS, Task
 
 CACHED_MODES = ("linear_probe", *PROMPT_MODES)  # frozen encoders: features are encoded once into the cache
 
 log = logging.getLogger(__name__)
-LOG_FIELDS = ("epoch", "step", "train_loss", "lr", "val_loss", "val_accuracy", "val_macro_f1", "val_mean_r@1", "seconds")
+LOG_FIELDS = ("epoch", "step", "train_loss", "lr", "val_loss", "val_accuracy", "val_macro_f1", "val_mean_r@1", "val_wer",
+              "val_cer", "val_exact_match", "seconds")
 
 
 class NonFiniteLossError(PolymodalError):
@@ -235,11 +240,11 @@ def alignment_scores(model: MultimodalClassifier, inputs: Inputs, batch_size: in
     return out
 
 
-def _start_run_folder(run_dir: Path, cfg: TrainConfig, labels: list[str]) -> None:
-    """What every new run folder holds first: the config that rebuilds its model, and its labels."""
+def _start_run_folder(run_dir: Path, cfg: TrainConfig, task: Task) -> None:
+    """What every new run folder holds first: the config that rebuilds its model, and the task's own files."""
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(_portable(cfg), run_dir / "config.yaml")
-    ckpt.write_json(run_dir / "labels.json", labels)
+    task.start(run_dir)
 
 
 def _portable(cfg: TrainConfig) -> TrainConfig:
@@ -285,6 +290,93 @@ def scores(targets: torch.Tensor, probs: torch.Tensor) -> dict[str, float]:
     return {"accuracy": float(accuracy_score(y, pred)), "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0))}
 
 
+class HeadTask:
+    """Tasks ``classify`` and ``align``: a head over encoders, on cached frozen features or encoders tuned live."""
+
+    higher_is_better = True
+
+    def __init__(self, cfg: TrainConfig, *, progress: bool = True):
+        self.cfg = cfg
+        manifest = load_manifest(cfg.data.manifest)
+        check_config_against_manifest(cfg, manifest.columns)
+        manifest = require_clean(manifest, skip_bad=cfg.data.skip_bad, progress=progress)
+        self.align = cfg.task == "align"
+        if self.align:  # a pair needs both sides: rows lacking one modality cannot teach the alignment
+            manifest = _complete_pairs(manifest, tuple(cfg.model.encoders))
+        splits = make_splits(manifest, cfg.data, labelled=not self.align)
+        sequence = cfg.model.fusion.kind == "cross_attention" and not self.align
+        probe = cfg.tuning.mode in CACHED_MODES
+        if cfg.tuning.mode == "zeroshot":  # nothing is trained: every row with a label is evaluated
+            splits = Splits([], [], splits.train + splits.val + splits.test if not splits.test else splits.test, splits.labels)
+
+        def inputs(examples: list) -> Inputs:
+            table = FeatureTable(examples, cfg.model.encoders, sequence, progress=progress) if probe and examples else None
+            targets = torch.zeros(len(examples), dtype=torch.long) if self.align else splits.targets(examples)
+            return Inputs(examples, targets, table)
+
+        self.splits = splits
+        self.train_in, self.val_in, self.test_in = inputs(splits.train), inputs(splits.val), inputs(splits.test)
+        dims = self.train_in.table.dims() if probe and self.train_in.table else None
+        self.model, _ = build_classifier(cfg, len(splits.labels), dims, labels=splits.labels)
+        self.n_train = len(splits.train)
+        self.metric = "mean_r@1" if self.align else cfg.optim.metric
+        self.locked = cfg.model.align.locked if self.align else ()
+        self.ddp_find_unused = bool(self.model.encoders)  # a batch lacking a modality leaves its encoder unused
+        self.class_weight = None
+        if cfg.optim.class_weighting and not self.align and self.n_train:
+            counts = torch.bincount(self.train_in.targets, minlength=len(splits.labels)).float()
+            self.class_weight = counts.sum() / (len(splits.labels) * counts.clamp_min(1))
+
+    def param_groups(self) -> list[dict]:
+        head = [p for p in self.model.head.parameters() if p.requires_grad]
+        enc = [p for p in self.model.encoders.parameters() if p.requires_grad]
+        return [{"params": head, "lr": self.cfg.optim.lr}] + ([{"params": enc, "lr": self.cfg.optim.encoder_lr}] if enc else [])
+
+    def on_epoch_start(self, epoch: int) -> None:
+        t = self.cfg.tuning
+        _set_encoders_trainable(self.model, t.mode, epoch >= t.unfreeze_after_epochs, self.locked)
+        if t.mode == "lora" or epoch < t.unfreeze_after_epochs:
+            freeze_norm_statistics(self.model.encoders)  # frozen weights keep their BatchNorm statistics too
+        for m in self.locked:
+            freeze_norm_statistics(self.model.encoders[m])
+
+    def loss(self, forward: nn.Module, idx: torch.Tensor, rng: np.random.Generator, device: torch.device) -> torch.Tensor:
+        out = forward(_to(self.train_in.batch(idx, self.model, train=True, rng=rng), device))
+        if self.align:
+            return clip_loss(*out)
+        weight = None if self.class_weight is None else self.class_weight.to(device)
+        return nn.functional.cross_entropy(out.float(), self.train_in.targets[idx].to(device), weight=weight)
+
+    def validate(self, device: torch.device) -> dict[str, float]:
+        inputs = self.val_in if self.val_in.examples else self.train_in
+        if self.align:
+            return alignment_scores(self.model, inputs, self.cfg.optim.batch_size, device, self.cfg)
+        probs = predict_split(self.model, inputs, self.cfg.optim.batch_size, device, self.cfg)
+        val = scores(inputs.targets, probs)
+        val["loss"] = float(nn.functional.nll_loss(probs.clamp_min(1e-12).log(), inputs.targets))
+        return val
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return ckpt.weights_to_save(self.model, self.cfg.tuning.mode)
+
+    def load_weights(self, path: Path) -> None:
+        ckpt.load_weights(self.model, path)
+
+    def start(self, run_dir: Path) -> None:
+        ckpt.write_json(run_dir / "labels.json", self.splits.labels)
+
+    def finish(self, run_dir: Path, device: torch.device, seconds: float) -> None:
+        _finish(run_dir, self.cfg, self.model, self.splits, self.test_in, device, _counts(self.model), seconds)
+
+
+def build_task(cfg: TrainConfig, *, progress: bool = True) -> Task:
+    """The task a config describes; tasks outside train/ are imported only when asked for."""
+    if cfg.task in TASK_BUILDERS:
+        module, _, function = TASK_BUILDERS[cfg.task].partition(":")
+        return getattr(importlib.import_module(module), function)(cfg, progress=progress)
+    return HeadTask(cfg, progress=progress)
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
           on_step: Callable[[int, float], None] | None = None) -> Path:
     """Train a run described by ``cfg``; returns the run folder.
@@ -302,99 +394,71 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     torch.manual_seed(cfg.optim.seed)
     np.random.seed(cfg.optim.seed)
 
-    # --- data: checked, split, and (linear probe) encoded once into the feature cache -------------------------
-    manifest = load_manifest(cfg.data.manifest)
-    check_config_against_manifest(cfg, manifest.columns)
-    manifest = require_clean(manifest, skip_bad=cfg.data.skip_bad, progress=progress and main_process)
-    align = cfg.task == "align"
-    if align:  # a pair needs both sides: rows lacking one modality cannot teach the alignment
-        manifest = _complete_pairs(manifest, tuple(cfg.model.encoders))
-    splits = make_splits(manifest, cfg.data, labelled=not align)
-    sequence = cfg.model.fusion.kind == "cross_attention" and not align
-    probe = cfg.tuning.mode in CACHED_MODES
-    if cfg.tuning.mode == "zeroshot":  # nothing is trained: every row with a label is evaluated
-        splits = Splits([], [], splits.train + splits.val + splits.test if not splits.test else splits.test, splits.labels)
-
-    def inputs(examples: list) -> Inputs:
-        table = FeatureTable(examples, cfg.model.encoders, sequence, progress=progress and main_process) if probe and examples else None
-        targets = torch.zeros(len(examples), dtype=torch.long) if align else splits.targets(examples)
-        return Inputs(examples, targets, table)
-
-    train_in, val_in, test_in = inputs(splits.train), inputs(splits.val), inputs(splits.test)
-
-    # --- model, optimiser, schedule -----------------------------------------------------------------------------
-    model, counts = build_classifier(cfg, len(splits.labels), train_in.table.dims() if probe and train_in.table else None,
-                                     labels=splits.labels)
-    model.to(device)
+    task = build_task(cfg, progress=progress and main_process)
+    task.model.to(device)
+    counts = _counts(task.model)
     if main_process:
         log.info("parameters: %s trainable of %s", f"{counts['trainable']:,}", f"{counts['total']:,}")
         print(f"{cfg.tuning.mode}: {counts['trainable']:,} trainable parameters of {counts['total']:,} "
               f"({100 * counts['trainable'] / max(1, counts['total']):.2f} %)")
-    if cfg.tuning.mode == "zeroshot":
+    if cfg.tuning.mode == "zeroshot":  # nothing to train: keep the (prompt) weights and score the test split
         if main_process:
-            _start_run_folder(run_dir, cfg, splits.labels)
-            ckpt.save_weights(run_dir / ckpt.WEIGHTS, ckpt.weights_to_save(model, cfg.tuning.mode))
-            _finish(run_dir, cfg, model, splits, test_in, device, counts, 0.0)
+            _start_run_folder(run_dir, cfg, task)
+            ckpt.save_weights(run_dir / ckpt.WEIGHTS, task.weights())
+            task.finish(run_dir, device, 0.0)
         return run_dir
-    head_params = [p for p in model.head.parameters() if p.requires_grad]
-    enc_params = [p for p in model.encoders.parameters() if p.requires_grad]
-    groups = [{"params": head_params, "lr": cfg.optim.lr}]
-    if enc_params:
-        groups.append({"params": enc_params, "lr": cfg.optim.encoder_lr})
+    return run_loop(cfg, task, device, rank=rank, world=world, resume=resume, progress=progress, on_step=on_step)
+
+
+def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 0, world: int = 1,
+             resume: bool = False, progress: bool = True, on_step: Callable[[int, float], None] | None = None) -> Path:
+    """Optimise ``task.model``: the part every task shares. Returns the run folder."""
+    main_process = rank == 0
+    run_dir = Path(cfg.out_dir)
+    model = task.model
+    groups = task.param_groups()
     optimizer = torch.optim.AdamW(groups, weight_decay=cfg.optim.weight_decay)
-    steps_per_epoch = math.ceil(len(batch_order(len(splits.train), cfg.optim.batch_size, 0, 0, False, rank, world)) / cfg.optim.grad_accum)
+    steps_per_epoch = math.ceil(len(batch_order(task.n_train, cfg.optim.batch_size, 0, 0, False, rank, world)) / cfg.optim.grad_accum)
     total_steps = steps_per_epoch * cfg.optim.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total_steps, int(cfg.optim.warmup_ratio * total_steps)))
-    counts_per_class = torch.bincount(train_in.targets, minlength=len(splits.labels)).float()
-    weight = (counts_per_class.sum() / (len(splits.labels) * counts_per_class.clamp_min(1))) if cfg.optim.class_weighting and not align else None
-    loss_fn = nn.CrossEntropyLoss(weight=None if weight is None else weight.to(device))
-
-    def objective(out, targets: torch.Tensor) -> torch.Tensor:
-        return clip_loss(*out) if align else loss_fn(out.float(), targets)
-
-    locked = cfg.model.align.locked if align else ()
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.optim.amp == "fp16" and device.type == "cuda")
+    sign = 1.0 if task.higher_is_better else -1.0  # the best checkpoint maximises sign * metric
 
     # --- resume ----------------------------------------------------------------------------------------------------
     position = {"epoch": 0, "batch": 0, "global_step": 0, "best": None, "bad_epochs": 0}
     if resume:
-        found = ckpt.load_checkpoint(run_dir, model, optimizer, scheduler)
+        found = ckpt.load_checkpoint(run_dir, task.load_weights, optimizer, scheduler)
         if found is None:
             raise PolymodalError(f"{run_dir}: no checkpoint to resume from; start the run without --resume")
         position = found
         _truncate_log(run_dir / "log.csv", position["global_step"])
         print(f"resuming {run_dir} at epoch {position['epoch'] + 1}, step {position['global_step']}")
     elif main_process:
-        _start_run_folder(run_dir, cfg, splits.labels)
+        _start_run_folder(run_dir, cfg, task)
         (run_dir / "log.csv").unlink(missing_ok=True)  # left by a run that died before its first checkpoint
-    # A batch whose examples all lack a modality leaves that encoder unused on that rank: DDP must be told.
-    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=bool(model.encoders)) if world > 1 else model
+    ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=getattr(task, "ddp_find_unused", False)) \
+        if world > 1 else model
     writer = _tensorboard(run_dir) if main_process else None
 
     # --- the loop ----------------------------------------------------------------------------------------------------
     global_step = position["global_step"]
     start = time.perf_counter()
     for epoch in range(position["epoch"], cfg.optim.epochs):
-        _set_encoders_trainable(model, cfg.tuning.mode, epoch >= cfg.tuning.unfreeze_after_epochs, locked)
-        batches = batch_order(len(splits.train), cfg.optim.batch_size, cfg.optim.seed, epoch, True, rank, world)
+        batches = batch_order(task.n_train, cfg.optim.batch_size, cfg.optim.seed, epoch, True, rank, world)
         steps = [batches[i : i + cfg.optim.grad_accum] for i in range(0, len(batches), cfg.optim.grad_accum)]
         first = position["batch"] if epoch == position["epoch"] else 0
         bar = tqdm(total=len(steps), initial=first, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="step",
                    disable=not (progress and main_process), leave=False)
         model.train()
-        if cfg.tuning.mode == "lora" or epoch < cfg.tuning.unfreeze_after_epochs:
-            freeze_norm_statistics(model.encoders)  # frozen weights keep their BatchNorm statistics too
-        for m in locked:
-            freeze_norm_statistics(model.encoders[m])
+        task.on_epoch_start(epoch)
         for step_in_epoch in range(first, len(steps)):
             optimizer.zero_grad(set_to_none=True)
             total_loss = 0.0
             for micro, idx in enumerate(steps[step_in_epoch]):
                 rng = np.random.default_rng([cfg.optim.seed, epoch, step_in_epoch, micro, rank])
-                batch = train_in.batch(idx, model, train=True, rng=rng)
                 sync = contextlib.nullcontext() if world == 1 or micro == len(steps[step_in_epoch]) - 1 else ddp.no_sync()
                 with sync, _autocast(cfg, device):
-                    loss = objective(ddp(_to(batch, device)), train_in.targets[idx].to(device))
+                    loss = task.loss(ddp, idx, rng, device)
                     scaler.scale(loss / len(steps[step_in_epoch])).backward()
                 total_loss += loss.item() / len(steps[step_in_epoch])
             if world > 1:  # log the global batch's loss, not this rank's share
@@ -419,7 +483,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 _log(run_dir, writer, {"epoch": epoch + 1, "step": global_step, "train_loss": f"{total_loss:.6f}",
                                        "lr": f"{scheduler.get_last_lr()[0]:.3e}", "seconds": f"{time.perf_counter() - start:.2f}"})
             if cfg.optim.checkpoint_every and global_step % cfg.optim.checkpoint_every == 0 and main_process:
-                ckpt.save_checkpoint(run_dir, model, cfg.tuning.mode, optimizer, scheduler,
+                ckpt.save_checkpoint(run_dir, task.weights(), optimizer, scheduler,
                                      {**position, "epoch": epoch, "batch": step_in_epoch + 1, "global_step": global_step})
             if on_step is not None:
                 on_step(global_step, total_loss)
@@ -428,30 +492,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         # --- validate, keep the best, maybe stop ---------------------------------------------------------------
         stop = False
         if main_process:
-            val_inputs = val_in if val_in.examples else train_in
-            if align:
-                val = alignment_scores(model, val_inputs, cfg.optim.batch_size, device, cfg)
-                shown = {"val_mean_r@1": f"{val['mean_r@1']:.4f}"}
-            else:
-                probs = predict_split(model, val_inputs, cfg.optim.batch_size, device, cfg)
-                val = scores(val_inputs.targets, probs)
-                val["loss"] = float(nn.functional.nll_loss(probs.clamp_min(1e-12).log(), val_inputs.targets))
-                shown = {"val_accuracy": f"{val['accuracy']:.4f}", "val_macro_f1": f"{val['macro_f1']:.4f}"}
-            _log(run_dir, writer, {"epoch": epoch + 1, "step": global_step, "val_loss": f"{val['loss']:.6f}", **shown,
+            val = task.validate(device)
+            shown = {f"val_{k}": f"{v:.6f}" if k == "loss" else f"{v:.4f}"
+                     for k, v in val.items() if f"val_{k}" in LOG_FIELDS}
+            _log(run_dir, writer, {"epoch": epoch + 1, "step": global_step, **shown,
                                    "seconds": f"{time.perf_counter() - start:.2f}"})
-            metric_name = "mean_r@1" if align else cfg.optim.metric
-            metric = val[metric_name]
-            if position["best"] is None or metric > position["best"]:
+            metric = val[task.metric]
+            if position["best"] is None or sign * metric > sign * position["best"]:
                 position["best"], position["bad_epochs"] = metric, 0
-                ckpt.save_weights(run_dir / ckpt.WEIGHTS, ckpt.weights_to_save(model, cfg.tuning.mode),
-                                  {"epoch": str(epoch + 1), metric_name: f"{metric:.4f}"})
+                ckpt.save_weights(run_dir / ckpt.WEIGHTS, task.weights(),
+                                  {"epoch": str(epoch + 1), task.metric: f"{metric:.4f}"})
             else:
                 position["bad_epochs"] += 1
             stop = bool(cfg.optim.early_stopping) and position["bad_epochs"] >= cfg.optim.early_stopping
-            ckpt.save_checkpoint(run_dir, model, cfg.tuning.mode, optimizer, scheduler,
+            ckpt.save_checkpoint(run_dir, task.weights(), optimizer, scheduler,
                                  {**position, "epoch": epoch + 1, "batch": 0, "global_step": global_step})
             if stop:
-                print(f"early stopping after epoch {epoch + 1}: no better val {metric_name} for "
+                print(f"early stopping after epoch {epoch + 1}: no better val {task.metric} for "
                       f"{cfg.optim.early_stopping} epochs")
         if world > 1:
             flag = torch.tensor([int(stop)], device=device)
@@ -466,8 +523,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
 
     # --- test with the best weights ----------------------------------------------------------------------------
     if main_process:
-        ckpt.load_weights(model, run_dir / ckpt.WEIGHTS)
-        _finish(run_dir, cfg, model, splits, test_in, device, counts, time.perf_counter() - start)
+        task.load_weights(run_dir / ckpt.WEIGHTS)
+        task.finish(run_dir, device, time.perf_counter() - start)
     if writer is not None:
         writer.close()
     if world > 1:
