@@ -464,3 +464,107 @@ def test_a_few_steps_of_asr_fine_tuning_fit_the_transcripts(tiny_asr, method):
         base = {k.replace("base_model.model.", "").replace(".base_layer", ""): v for k, v in model.state_dict().items()
                 if "lora_" not in k}
         assert all(torch.equal(base[k], v) for k, v in frozen.items() if k in base)
+
+
+# --- task asr: the one training loop fine-tunes Whisper ---------------------------------------------------------
+
+@pytest.fixture
+def asr_model_dir(tmp_path):
+    """A tiny random Whisper saved as a transformers folder, its vocabulary laid out as Whisper's (text tokens, then
+    the special tokens, <|notimestamps|> last: generate() takes every id above it for a timestamp)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import (GenerationConfig, WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration,
+                              WhisperProcessor, WhisperTokenizerFast)
+
+    torch.manual_seed(0)
+    # byte-level BPE as Whisper's (a word-level vocabulary does not survive transformers' save and reload)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator([" yes no", " up down", " left right"] * 10,
+                            trainers.BpeTrainer(vocab_size=280, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                show_progress=False))
+    tok.add_special_tokens(SPECIAL)
+    tok.save(str(tmp_path / "tokenizer.json"))
+    processor = WhisperProcessor(WhisperFeatureExtractor(chunk_length=2),
+                                 WhisperTokenizerFast(tokenizer_file=str(tmp_path / "tokenizer.json")))
+    ids = {t: tok.token_to_id(t) for t in SPECIAL}
+    vocab = range(tok.get_vocab_size())
+    eot, sot = ids["<|endoftext|>"], ids["<|startoftranscript|>"]
+    cfg = WhisperConfig(d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+                        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, vocab_size=len(vocab),
+                        max_source_positions=100, max_target_positions=16, pad_token_id=eot, bos_token_id=eot,
+                        eos_token_id=eot, decoder_start_token_id=sot)
+    model = WhisperForConditionalGeneration(cfg)
+    with torch.no_grad():  # embeddings at a trained model's scale (see tiny_asr)
+        model.model.decoder.embed_tokens.weight.normal_(0, 1)
+    model.generation_config = GenerationConfig(
+        bos_token_id=eot, eos_token_id=eot, pad_token_id=eot, decoder_start_token_id=sot, max_length=16,
+        is_multilingual=True, lang_to_id={"<|en|>": ids["<|en|>"]},
+        task_to_id={"transcribe": ids["<|transcribe|>"], "translate": ids["<|translate|>"]},
+        no_timestamps_token_id=ids["<|notimestamps|>"], return_timestamps=False)
+    out = tmp_path / "tiny-whisper"
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return out
+
+
+def _asr_manifest(tmp_path: Path) -> Path:
+    """Two tones with their 'transcripts', each in train, val and test (a fit test, not a generalisation test)."""
+    rows = ["audio,text,speaker,split"]
+    for i, (freq, text) in enumerate([(300, "yes no"), (900, "left")]):
+        write_audio(tmp_path / f"a{i}.wav", sine(freq, SR, 1.0), SR)
+        rows += [f"a{i}.wav,{text},s{i},{split}" for split in ("train", "train", "val", "test")]
+    (tmp_path / "asr.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "asr.csv"
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_asr_task_fine_tunes_whisper_in_the_training_loop(asr_model_dir, tmp_path, mode):
+    from polymodal.speech.asr_task import load_asr_run, read_transcripts
+    from polymodal.train import train
+    from polymodal.train.config import config_from_dict
+
+    model_dir = asr_model_dir
+    cfg = config_from_dict({
+        "task": "asr", "data": {"manifest": str(_asr_manifest(tmp_path))}, "out_dir": str(tmp_path / f"run-{mode}"),
+        "asr": {"model": str(model_dir), "max_new_tokens": 6, "augment": False},
+        "tuning": {"mode": mode, "lora_r": 4, "lora_alpha": 8, "lora_targets": ["q_proj", "v_proj", "fc1", "fc2"]},
+        "optim": {"epochs": 30, "batch_size": 4, "encoder_lr": 2e-2 if mode == "full" else 1e-1, "warmup_ratio": 0.0},
+    })
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = train(cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test_before"]["wer"] > 0.5  # a random model does not say "yes no"
+    assert metrics["test"]["wer"] < metrics["test_before"]["wer"]
+    after = read_transcripts(run / "predictions.csv")
+    assert after["reference"] == ["yes no", "left"] and after["speaker"] == ["s0", "s1"]
+    assert len(read_transcripts(run / "before.csv")["hypothesis"]) == 2
+    log_rows = list(csv.DictReader(open(run / "log.csv")))
+    assert any(r["val_wer"] for r in log_rows)
+    # the run keeps only what trained, and its weights rebuild the tuned model
+    from safetensors.torch import load_file
+
+    kept = load_file(run / "model.safetensors")
+    assert kept and (all("lora_" in k for k in kept) if mode == "lora" else len(kept) > 4)
+    tuned, processor = load_asr_run(run)
+    assert all(torch.equal(dict(tuned.named_parameters())[k], v) for k, v in kept.items())
+
+
+def test_asr_task_refuses_rows_without_transcripts(asr_model_dir, tmp_path):
+    from polymodal.train import train
+    from polymodal.train.config import config_from_dict
+
+    model_dir = asr_model_dir
+    write_audio(tmp_path / "a.wav", sine(300, SR, 0.5), SR)
+    (tmp_path / "m.csv").write_text("audio,text\na.wav,yes\na.wav,\n")
+    cfg = config_from_dict({"task": "asr", "data": {"manifest": str(tmp_path / "m.csv")}, "out_dir": str(tmp_path / "r"),
+                            "asr": {"model": str(model_dir)}, "tuning": {"mode": "lora"}})
+    with pytest.raises(ConfigError, match=r"rows \[2\] lack audio or a transcript"):
+        train(cfg, progress=False)
+    with pytest.raises(ConfigError, match="task asr fine-tunes Whisper with full or lora"):
+        config_from_dict({"task": "asr", "data": {"manifest": "m.csv"}})

@@ -18,7 +18,7 @@ TUNING_MODES = ("linear_probe", "full", "lora", "zeroshot", "coop")
 PROMPT_MODES = ("zeroshot", "coop")  # the input-changing family: a frozen text tower classifies by prompts
 FUSION_KINDS = ("early", "gated", "cross_attention", "late")
 METRICS = ("accuracy", "macro_f1")
-TASKS = ("classify", "align")
+TASKS = ("classify", "align", "asr", "instruct")
 
 
 @dataclass(frozen=True)
@@ -74,13 +74,11 @@ class AlignConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    encoders: dict[str, EncoderConfig]  # modality (text, image, audio) -> encoder
+    encoders: dict[str, EncoderConfig] = field(default_factory=dict)  # modality (text, image, audio) -> encoder
     fusion: FusionConfig = field(default_factory=FusionConfig)
     align: AlignConfig = field(default_factory=AlignConfig)  # task align: the contrastive projection head
 
     def __post_init__(self):
-        if not self.encoders:
-            raise ConfigError("model.encoders: name at least one modality's encoder, e.g. {image: efficientnet-lite0}")
         for modality in self.encoders:
             if modality not in ("text", "image", "audio"):
                 raise ConfigError(f"model.encoders: {modality!r} is not a modality (text, image, audio)")
@@ -182,6 +180,73 @@ class CompressionConfig:
 
 
 @dataclass(frozen=True)
+class AsrConfig:
+    """Task asr: fine-tune a Whisper model (transformers format) on (audio, transcript) rows of the manifest."""
+
+    model: str = "whisper-base-hf"  # a transformers Whisper folder, hub id, or the bundled base converted once
+    audio_column: str = "audio"  # the manifest column with the audio files
+    text_column: str = "text"  # the manifest column with the reference transcripts
+    speaker_column: str | None = "speaker"  # per-speaker WER in the report, when the manifest has this column
+    language: str | None = "en"  # language token of the labels and of decoding; None: multilingual detection
+    max_label_tokens: int = 128  # longer transcripts are cut
+    augment: bool = True  # noise, gain and SpecAugment on training batches
+    train_encoder: bool = True  # full/lora: adapt the audio encoder too; False: the decoder only (the encoder frozen)
+    max_new_tokens: int = 64  # decoding limit when scoring validation and test
+    num_beams: int = 1  # 1: greedy decoding (as faster-whisper's default beam 5 is slower on CPU)
+
+    def __post_init__(self):
+        if self.max_label_tokens < 4:
+            raise ConfigError(f"asr.max_label_tokens: must be at least 4 (prompt + end), got {self.max_label_tokens}")
+        if self.max_new_tokens < 1 or self.num_beams < 1:
+            raise ConfigError("asr.max_new_tokens and asr.num_beams must be at least 1")
+
+
+INSTRUCT_STAGES = ("projector", "projector+lora", "lora", "full")
+
+
+@dataclass(frozen=True)
+class InstructConfig:
+    """Task instruct: a causal LM tuned on conversations; images and audio enter as projected soft tokens (LLaVA)."""
+
+    lm: str = "smollm2"  # the language model: smollm2 (bundled), a folder, a hub id, or an instruct run to continue from
+    stage: str = "projector+lora"  # what trains: projector (stage 1) | projector+lora (stage 2) | lora | full
+    init_from: str | None = None  # an instruct run whose projector (and LoRA) start this run: stage 2 after stage 1
+    projector: str = "mlp"  # linear | mlp (two layers with GELU, as LLaVA-1.5)
+    soft_tokens: int = 4  # tokens per attachment: the encoder's sequence features average-pooled into this many groups
+    lora_r: int = 8  # LoRA rank on the language model
+    lora_alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
+    lora_dropout: float = 0.05  # dropout on the LoRA branch
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # LM modules LoRA adapts (suffixes of module names)
+    max_tokens: int = 512  # longest tokenised conversation, soft tokens included; longer ones are refused by the check
+    packing: bool = False  # pack several conversations into one row (attention kept within each one)
+    system_prompt: str | None = None  # system turn added where a conversation has none; None: the chat template's own
+    max_new_tokens: int = 16  # generation limit when scoring validation and test
+    temperature: float = 0.0  # 0: greedy decoding; above 0: sampling at this temperature
+    top_p: float = 1.0  # nucleus sampling: keep the smallest token set with this much probability
+    val_items: int = 64  # validation generates answers for at most this many items (a seeded draw), to stay fast
+
+    def __post_init__(self):
+        if isinstance(self.lora_targets, (list, str)):  # from YAML
+            object.__setattr__(self, "lora_targets", tuple([self.lora_targets] if isinstance(self.lora_targets, str)
+                                                           else self.lora_targets))
+        if self.stage not in INSTRUCT_STAGES:
+            raise ConfigError(f"instruct.stage: {self.stage!r} is not one of {', '.join(INSTRUCT_STAGES)}")
+        if self.projector not in ("linear", "mlp"):
+            raise ConfigError(f"instruct.projector: {self.projector!r} is not linear or mlp")
+        for name in ("soft_tokens", "lora_r", "max_tokens", "max_new_tokens", "val_items"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"instruct.{name}: must be at least 1, got {getattr(self, name)}")
+        if not 0 <= self.lora_dropout < 1:
+            raise ConfigError(f"instruct.lora_dropout: must be in [0, 1), got {self.lora_dropout}")
+        if self.temperature < 0:
+            raise ConfigError(f"instruct.temperature: must be >= 0 (0 is greedy), got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError(f"instruct.top_p: must be in (0, 1], got {self.top_p}")
+        if not self.lora_targets and "lora" in self.stage:
+            raise ConfigError("instruct.lora_targets: name at least one module, e.g. [q_proj, v_proj]")
+
+
+@dataclass(frozen=True)
 class TrainConfig:
     data: DataConfig
     model: ModelConfig
@@ -190,10 +255,16 @@ class TrainConfig:
     out_dir: str = "runs/run"  # where checkpoints, logs and the report go
     task: str = "classify"  # classify (labels) | align (contrastive alignment of two modalities; no labels needed)
     compression: CompressionConfig | None = None  # written by `polymodal compress`; leave empty
+    asr: AsrConfig = field(default_factory=AsrConfig)  # task asr: the Whisper model and the manifest's columns
+    instruct: InstructConfig = field(default_factory=InstructConfig)  # task instruct: the LM, projector and stage
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ConfigError(f"task: {self.task!r} is not one of {', '.join(TASKS)}")
+        if self.task in ("classify", "align") and not self.model.encoders:
+            raise ConfigError("model.encoders: name at least one modality's encoder, e.g. {image: efficientnet-lite0}")
+        if self.task == "asr" and self.tuning.mode not in ("full", "lora"):
+            raise ConfigError(f"tuning.mode: task asr fine-tunes Whisper with full or lora, not {self.tuning.mode}")
         if self.task == "align":
             if len(self.model.encoders) != 2:
                 raise ConfigError(f"model.encoders: task align pairs two modalities, got {', '.join(self.model.encoders)}")
@@ -229,14 +300,17 @@ def _build(cls, values: Any, where: str):
         raise ConfigError(f"{where}: {e}") from e
 
 
+# Per-task sections of the config: plain mappings of scalars, built by name (task -> its dataclass).
+SECTIONS: dict[str, type] = {"asr": AsrConfig, "instruct": InstructConfig}
+
+
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     """Rebuild a TrainConfig from its dict form (as saved in YAML), naming the field of any error."""
     d = dict(d)
-    for required in ("data", "model"):
-        if required not in d:
-            raise ConfigError(f"{required}: missing section")
-    model = dict(d["model"])
-    encoders = model.get("encoders")
+    if "data" not in d:
+        raise ConfigError("data: missing section")
+    model = dict(d.get("model") or {})
+    encoders = model.get("encoders", {})
     if not isinstance(encoders, dict):
         raise ConfigError("model.encoders: a mapping modality -> encoder (a name, or {model: ..., ...})")
     model["encoders"] = {
@@ -259,8 +333,10 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     compression = d.get("compression")
     if isinstance(compression, dict) and compression.get("fp32_layers") is not None:
         compression = {**compression, "fp32_layers": tuple(compression["fp32_layers"])}
+    sections = {name: _build(cls, d[name], name) for name, cls in SECTIONS.items() if d.get(name) is not None}
     return _build(TrainConfig, {
-        **{k: v for k, v in d.items() if k not in ("data", "model", "tuning", "optim", "compression")},
+        **{k: v for k, v in d.items() if k not in ("data", "model", "tuning", "optim", "compression", *SECTIONS)},
+        **sections,
         "compression": None if compression is None else _build(CompressionConfig, compression, "compression"),
         "data": _build(DataConfig, d["data"], "data"),
         "model": _build(ModelConfig, model, "model"),

@@ -1,0 +1,234 @@
+"""Task ``asr``: fine-tune a transformers Whisper model on (audio, transcript) rows, in the one training loop.
+
+The manifest holds an audio column and a transcript column (``asr.audio_column`` / ``asr.text_column``, default
+``audio`` and ``text``), and optionally ``split`` and a speaker column. ``tuning.mode`` is ``full`` (every weight,
+or the decoder only with ``asr.train_encoder: false``) or ``lora`` (peft adapters on the attention q/v projections,
+``tuning.lora_targets`` to choose others). Labels follow Whisper's format with timestamps off (``asr_batch``).
+
+Validation decodes the validation split greedily and keeps the weights with the lowest WER. The run keeps only
+what trained (adapters, or the tuned weights): the base model is rebuilt from ``asr.model``. A new run first decodes
+the test split with the untuned model (``before.csv``), so its report compares before and after on the same clips.
+
+RUN/predictions.csv: row, speaker, reference, hypothesis (after); RUN/before.csv: the same with the base model.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .._paths import atomic_write_text
+from ..data import load_manifest, require_clean
+from ..data.audio import load_audio
+from ..data.manifest import MODALITIES, Example
+from ..errors import ConfigError
+from ..eval.asr import asr_scores
+from ..train import checkpoint as ckpt
+from ..train.config import TrainConfig
+from ..train.data import make_splits
+from .asr_batch import ASRBatchConfig, asr_augment, asr_batch
+
+log = logging.getLogger(__name__)
+BEFORE_FILE = "before.csv"
+PREDICTIONS_FILE = "predictions.csv"
+CSV_FIELDS = ("row", "speaker", "reference", "hypothesis")
+
+
+def load_whisper(ref: str):
+    """(WhisperForConditionalGeneration, WhisperProcessor) of a resolver reference (folder, hub id,
+    ``whisper-base-hf``); a faster-whisper folder is converted once (cached)."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from ..errors import ModelNotFoundError
+    from ..models._hf import quiet_transformers
+    from ..models._resolver import resolve_model
+    from .engines import _is_ct2_dir, _is_hf_whisper_dir
+
+    path = resolve_model(ref)
+    if _is_ct2_dir(path) and not _is_hf_whisper_dir(path):
+        from .convert import convert_ct2_whisper
+
+        path = convert_ct2_whisper(path)
+    if not _is_hf_whisper_dir(path):
+        raise ModelNotFoundError(f"asr.model: {path} is not a transformers Whisper folder (config.json with model_type "
+                                 "whisper) nor a faster-whisper one (model.bin)")
+    with quiet_transformers():
+        model = WhisperForConditionalGeneration.from_pretrained(path)
+        processor = WhisperProcessor.from_pretrained(path)
+    model.generation_config.forced_decoder_ids = None  # language and task are passed to generate() instead
+    return model, processor
+
+
+def _cell(ex: Example, column: str | None) -> str | None:
+    if column is None:
+        return None
+    value = ex.get(column) if column in MODALITIES else ex.meta.get(column)
+    return None if value in (None, "") else str(value)
+
+
+class AsrTask:
+    """Whisper, speech -> text, as the loop sees it (``polymodal.train.task.Task``)."""
+
+    metric = "wer"
+    higher_is_better = False
+
+    def __init__(self, cfg: TrainConfig, *, progress: bool = True):
+        a = cfg.asr
+        self.cfg, self.progress = cfg, progress
+        manifest = load_manifest(cfg.data.manifest)
+        for name, column in (("audio_column", a.audio_column), ("text_column", a.text_column)):
+            if column not in manifest.columns:
+                raise ConfigError(f"asr.{name}: the manifest {manifest.path} has no {column!r} column "
+                                  f"(columns: {', '.join(manifest.columns)})")
+        manifest = require_clean(manifest, skip_bad=cfg.data.skip_bad, progress=progress)
+        missing = [e.row for e in manifest.examples if _cell(e, a.text_column) is None or _cell(e, a.audio_column) is None]
+        if missing:
+            raise ConfigError(f"{manifest.path}: rows {missing[:10]} lack audio or a transcript ({a.text_column!r}); "
+                              "an ASR row needs both: fill them in or remove the rows")
+        self.splits = make_splits(manifest, cfg.data, labelled=False)
+        self.speakers = a.speaker_column if a.speaker_column and a.speaker_column in manifest.columns else None
+        self.model, self.processor = load_whisper(a.model)
+        self.batch_cfg = ASRBatchConfig(language=a.language, max_label_tokens=a.max_label_tokens,
+                                        augment=asr_augment() if a.augment else None)
+        self._configure_trainable()
+        self.n_train = len(self.splits.train)
+
+    def _configure_trainable(self) -> None:
+        t, a = self.cfg.tuning, self.cfg.asr
+        self.model.requires_grad_(False)
+        if t.mode == "lora":
+            from ..tuning.lora import apply_lora, default_targets
+
+            targets = t.lora_targets or [n for n in default_targets(self.model)
+                                         if a.train_encoder or ".decoder." in f".{n}"]
+            apply_lora(self.model, r=t.lora_r, alpha=t.lora_alpha, dropout=t.lora_dropout, targets=targets)
+        else:
+            part = self.model if a.train_encoder else self.model.model.decoder
+            part.requires_grad_(True)
+            self.model.model.encoder.embed_positions.requires_grad_(False)  # sinusoids, fixed in Whisper
+
+    # --- the Task interface ---------------------------------------------------------------------------------------
+    def param_groups(self) -> list[dict]:
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": self.cfg.optim.encoder_lr}]
+
+    def on_epoch_start(self, epoch: int) -> None:
+        pass
+
+    def _pairs(self, examples: list[Example]) -> tuple[list[np.ndarray], list[str]]:
+        a = self.cfg.asr
+        return [load_audio(_cell(e, a.audio_column)) for e in examples], [_cell(e, a.text_column) for e in examples]
+
+    def loss(self, forward: nn.Module, idx: torch.Tensor, rng: np.random.Generator, device: torch.device) -> torch.Tensor:
+        waves, texts = self._pairs([self.splits.train[i] for i in idx.tolist()])
+        batch = asr_batch(waves, texts, self.processor, train=True, rng=rng, cfg=self.batch_cfg)
+        return forward(input_features=batch["input_features"].to(device), labels=batch["labels"].to(device)).loss
+
+    @torch.no_grad()
+    def transcribe(self, examples: list[Example], device: torch.device, desc: str = "decoding") -> list[str]:
+        """Greedy (or beam) transcripts of ``examples`` by the model as it is now."""
+        import warnings
+
+        from ..models._hf import quiet_transformers
+
+        a = self.cfg.asr
+        self.model.eval()
+        kwargs = {"task": "transcribe", "num_beams": a.num_beams, "do_sample": False, "return_timestamps": False,
+                  "max_new_tokens": a.max_new_tokens}
+        if a.language:
+            kwargs["language"] = a.language
+        out: list[str] = []
+        bs = self.cfg.optim.batch_size
+        for i in tqdm(range(0, len(examples), bs), desc=desc, unit="batch", disable=not self.progress, leave=False):
+            waves, _ = self._pairs(examples[i : i + bs])
+            feats = self.processor.feature_extractor(waves, sampling_rate=16000, return_tensors="pt").input_features
+            with warnings.catch_warnings(), quiet_transformers():
+                warnings.simplefilter("ignore")
+                ids = self.model.generate(feats.to(device, self.model.dtype), **kwargs)
+            out += [t.strip() for t in self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        return out
+
+    def _score(self, examples: list[Example], hypotheses: list[str]) -> dict[str, float]:
+        refs = [_cell(e, self.cfg.asr.text_column) for e in examples]
+        report = asr_scores(refs, hypotheses)
+        return {"wer": report.overall.wer, "cer": report.overall.cer}
+
+    def validate(self, device: torch.device) -> dict[str, float]:
+        examples = self.splits.val or self.splits.train
+        return self._score(examples, self.transcribe(examples, device, "validating"))
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        """Only what trains: the adapters (lora), or the tuned weights (full; the decoder alone when the encoder
+        stays frozen). Tied weights (decoder embeddings = output projection) are kept once."""
+        return {n: p.detach().cpu().contiguous() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    def load_weights(self, path: Path) -> None:
+        ckpt.load_weights(self.model, path)
+
+    def start(self, run_dir: Path) -> None:
+        if self.splits.test:  # the untuned model on the test clips: the "before" of the report
+            device = next(self.model.parameters()).device
+            hyps = self.transcribe(self.splits.test, device, "test, before tuning")
+            self._write(run_dir / BEFORE_FILE, self.splits.test, hyps)
+
+    def finish(self, run_dir: Path, device: torch.device, seconds: float) -> None:
+        result: dict = {"task": "asr", "train_seconds": round(seconds, 2), "n_train": len(self.splits.train),
+                        "n_val": len(self.splits.val), "n_test": len(self.splits.test),
+                        "parameters": {"trainable": sum(p.numel() for p in self.model.parameters() if p.requires_grad),
+                                       "total": sum(p.numel() for p in self.model.parameters())}}
+        if self.splits.test:
+            hyps = self.transcribe(self.splits.test, device, "test")
+            self._write(run_dir / PREDICTIONS_FILE, self.splits.test, hyps)
+            result["test"] = self._score(self.splits.test, hyps)
+            before = read_transcripts(run_dir / BEFORE_FILE) if (run_dir / BEFORE_FILE).exists() else None
+            if before is not None:
+                result["test_before"] = self._score(self.splits.test, before["hypothesis"])
+                print(f"test: WER {result['test_before']['wer']:.4f} before -> {result['test']['wer']:.4f} after "
+                      f"tuning ({len(self.splits.test)} clips)")
+            else:
+                print(f"test: WER {result['test']['wer']:.4f} ({len(self.splits.test)} clips)")
+        ckpt.write_json(run_dir / "metrics.json", result)
+
+    def _write(self, path: Path, examples: list[Example], hypotheses: list[str]) -> None:
+        a = self.cfg.asr
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(CSV_FIELDS)
+        for e, h in zip(examples, hypotheses):
+            w.writerow([e.row, _cell(e, self.speakers) or "", _cell(e, a.text_column), h])
+        atomic_write_text(path, buf.getvalue())
+
+
+def read_transcripts(path: Path) -> dict[str, list[str]]:
+    """A predictions.csv / before.csv of an asr run as columns."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return {k: [r[k] for r in rows] for k in CSV_FIELDS}
+
+
+def build(cfg: TrainConfig, *, progress: bool = True) -> AsrTask:
+    return AsrTask(cfg, progress=progress)
+
+
+def load_asr_run(run_dir: str | Path):
+    """(model, processor) of a trained asr run: the base model of its config with the run's weights."""
+    from ..train.config import load_config
+
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml")
+    if cfg.task != "asr":
+        raise ConfigError(f"{run_dir}: a {cfg.task} run, not an asr run")
+    task = AsrTask.__new__(AsrTask)  # no data: only the model and its trainable layout
+    task.cfg, task.progress = cfg, False
+    task.model, task.processor = load_whisper(cfg.asr.model)
+    task._configure_trainable()
+    task.load_weights(run_dir / ckpt.WEIGHTS)
+    return task.model.eval(), task.processor
+
+
