@@ -553,6 +553,28 @@ def test_asr_task_fine_tunes_whisper_in_the_training_loop(asr_model_dir, tmp_pat
     assert kept and (all("lora_" in k for k in kept) if mode == "lora" else len(kept) > 4)
     tuned, processor = load_asr_run(run)
     assert all(torch.equal(dict(tuned.named_parameters())[k], v) for k, v in kept.items())
+    # the report compares before and after on the same clips, per speaker
+    from polymodal.eval import report_run
+
+    report = report_run(run)[0].read_text()
+    assert "WER: after tuning vs before tuning" in report and "## Per speaker" in report
+    # exported back to CTranslate2 (adapters merged), it decodes as the tuned transformers model does
+    import ctranslate2
+
+    from polymodal.speech.export import export_asr_run
+
+    ct2_dir = export_asr_run(run, fmt="ct2", quantization="float32")
+    waves = [sine(300, SR, 1.0), sine(900, SR, 1.0)]
+    feats = processor.feature_extractor(waves, sampling_rate=SR, return_tensors="pt").input_features
+    tok = processor.tokenizer
+    prompt = tok.convert_tokens_to_ids(["<|startoftranscript|>", "<|en|>", "<|transcribe|>", "<|notimestamps|>"])
+    ct2 = ctranslate2.models.Whisper(str(ct2_dir), device="cpu", compute_type="float32")
+    res = ct2.generate(ctranslate2.StorageView.from_array(feats.numpy()), [prompt] * 2, beam_size=1, max_length=8,
+                       suppress_blank=False, suppress_tokens=[])
+    with torch.no_grad():
+        ours = tuned.generate(feats, language="en", task="transcribe", max_new_tokens=6)
+    texts = tok.batch_decode(ours, skip_special_tokens=True)
+    assert [tok.decode(r.sequences_ids[0], skip_special_tokens=True).strip() for r in res] == [t.strip() for t in texts]
 
 
 def test_asr_task_refuses_rows_without_transcripts(asr_model_dir, tmp_path):

@@ -1,4 +1,5 @@
-"""``polymodal export RUN --onnx``: the whole classifier as ONNX, checked against PyTorch on real test rows."""
+"""``polymodal export RUN --onnx``: the whole classifier as ONNX, checked against PyTorch on real test rows.
+``polymodal export RUN --ct2`` (or ``--hf``): a tuned asr run as a faster-whisper (or transformers) folder."""
 
 from __future__ import annotations
 
@@ -14,7 +15,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "A linear-probe run's graph takes the cached features; a full/LoRA run's takes the "
                                    "encoders' prepared inputs. Run it with polymodal.compress.runtime.OnnxClassifier.")
     p.add_argument("run", type=Path, help="run folder written by `polymodal train` (or a pruned one)")
-    p.add_argument("--onnx", action="store_true", help="export to ONNX (the only format for now)")
+    p.add_argument("--onnx", action="store_true", help="export a classifier to ONNX")
+    p.add_argument("--ct2", action="store_true", help="export an asr run to the faster-whisper (CTranslate2) format, "
+                                                     "LoRA merged")
+    p.add_argument("--hf", action="store_true", help="export an asr run as a transformers Whisper folder, LoRA merged")
+    p.add_argument("--quantization", default="int8", choices=("int8", "float16", "float32"),
+                   help="--ct2: weight type of the CTranslate2 model (default int8)")
     p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (ONNX Runtime dynamic INT8)")
     p.add_argument("--out", type=Path, help="export folder (default RUN/export)")
     p.add_argument("--force", action="store_true", help="replace an existing export folder")
@@ -26,8 +32,16 @@ def run(args: argparse.Namespace) -> int:
     from ..compress.export import PARITY_TOLERANCE, export_onnx
     from ..errors import PolymodalError
 
+    if args.ct2 or args.hf:
+        from ..speech.export import export_asr_run
+
+        out = export_asr_run(args.run, args.out, fmt="ct2" if args.ct2 else "hf", quantization=args.quantization,
+                             force=args.force)
+        print(f"wrote {out}; transcribe with: polymodal transcribe --model {out}"
+              + ("" if args.ct2 else " --engine transformers") + " FILES")
+        return 0
     if not args.onnx:
-        raise PolymodalError("choose a format: --onnx")
+        raise PolymodalError("choose a format: --onnx (classifiers), --ct2 or --hf (asr runs)")
     result = export_onnx(args.run, args.out, int8=args.int8, force=args.force, parity_rows=args.rows)
     print(f"parity on {result.rows} test rows: max abs difference of probabilities {result.max_abs_diff:.2e} "
           f"(ONNX Runtime vs PyTorch; tolerance {PARITY_TOLERANCE:g})")
