@@ -519,8 +519,9 @@ def _asr_manifest(tmp_path: Path) -> Path:
     return tmp_path / "asr.csv"
 
 
-@pytest.mark.parametrize("mode", ["full", "lora"])
-def test_asr_task_fine_tunes_whisper_in_the_training_loop(asr_model_dir, tmp_path, mode):
+@pytest.mark.parametrize("mode,train_encoder", [("full", True), ("lora", True), ("full", False)])
+def test_asr_task_fine_tunes_whisper_in_the_training_loop(asr_model_dir, tmp_path, monkeypatch, mode, train_encoder):
+    """full and LoRA tune the whole model; the decoder alone trains on encoder outputs computed once (cached)."""
     from polymodal.speech.asr_task import load_asr_run, read_transcripts
     from polymodal.train import train
     from polymodal.train.config import config_from_dict
@@ -528,10 +529,11 @@ def test_asr_task_fine_tunes_whisper_in_the_training_loop(asr_model_dir, tmp_pat
     model_dir = asr_model_dir
     cfg = config_from_dict({
         "task": "asr", "data": {"manifest": str(_asr_manifest(tmp_path))}, "out_dir": str(tmp_path / f"run-{mode}"),
-        "asr": {"model": str(model_dir), "max_new_tokens": 6, "augment": False},
+        "asr": {"model": str(model_dir), "max_new_tokens": 6, "augment": False, "train_encoder": train_encoder},
         "tuning": {"mode": mode, "lora_r": 4, "lora_alpha": 8, "lora_targets": ["q_proj", "v_proj", "fc1", "fc2"]},
         "optim": {"epochs": 30, "batch_size": 4, "encoder_lr": 2e-2 if mode == "full" else 1e-1, "warmup_ratio": 0.0},
     })
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -539,6 +541,18 @@ def test_asr_task_fine_tunes_whisper_in_the_training_loop(asr_model_dir, tmp_pat
     finally:
         torch.set_num_threads(threads)
     metrics = json.loads((run / "metrics.json").read_text())
+    cached = list((tmp_path / "cache" / "features").glob("whisper-encoder-*.sqlite"))
+    assert len(cached) == (0 if train_encoder else 1)
+    if not train_encoder:  # two distinct clips, encoded once; the encoder itself did not change
+        from polymodal.features.cache import FeatureCache
+
+        assert len(FeatureCache(cached[0])) == 2
+        from transformers import WhisperForConditionalGeneration
+
+        base = WhisperForConditionalGeneration.from_pretrained(model_dir)
+        tuned_run, _ = load_asr_run(run)
+        base_encoder = base.model.encoder.state_dict()
+        assert all(torch.equal(p, base_encoder[k]) for k, p in tuned_run.model.encoder.state_dict().items())
     assert metrics["test_before"]["wer"] > 0.5  # a random model does not say "yes no"
     assert metrics["test"]["wer"] < metrics["test_before"]["wer"]
     after = read_transcripts(run / "predictions.csv")
