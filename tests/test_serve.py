@@ -449,3 +449,8 @@ def _post_retrying_503(url: str, body: dict) -> httpx.Response:
             return r
         time.sleep(0.1)
     return r
+
+
+def test_a_classifier_run_does_not_serve_transcripts(client):
+    r = client.post("/v1/transcribe", files={"audio": ("a.wav", _wav(), "audio/wav")})
+    assert r.status_code == 404 and r.json()["kind"] == "not_served" and "/v1/predict" in r.json()["detail"]

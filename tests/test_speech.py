@@ -604,3 +604,50 @@ def test_asr_task_refuses_rows_without_transcripts(asr_model_dir, tmp_path):
         train(cfg, progress=False)
     with pytest.raises(ConfigError, match="task asr fine-tunes Whisper with full or lora"):
         config_from_dict({"task": "asr", "data": {"manifest": "m.csv"}})
+
+
+def test_an_asr_run_serves_transcripts_at_v1_transcribe(asr_model_dir, tmp_path, monkeypatch):
+    """The tuned run answers /v1/transcribe as its own test decoding did; /v1/predict is not served (404)."""
+    from fastapi.testclient import TestClient
+
+    from polymodal.serve import ServeConfig, create_app
+    from polymodal.speech.asr_task import read_transcripts
+    from polymodal.train import train
+    from polymodal.train.config import config_from_dict
+
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
+    manifest = _asr_manifest(tmp_path)
+    cfg = config_from_dict({"task": "asr", "data": {"manifest": str(manifest)}, "out_dir": str(tmp_path / "run"),
+                            "asr": {"model": str(asr_model_dir), "max_new_tokens": 6, "augment": False},
+                            "tuning": {"mode": "full"}, "optim": {"epochs": 20, "batch_size": 4, "encoder_lr": 2e-2}})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = train(cfg, progress=False)
+        expected = read_transcripts(run / "predictions.csv")["hypothesis"]
+        with TestClient(create_app(run, ServeConfig())) as client:
+            _wait_until_ready(client)
+            for i, clip in enumerate(("a0.wav", "a1.wav")):
+                r = client.post("/v1/transcribe", files={"audio": (clip, (tmp_path / clip).read_bytes(), "audio/wav")})
+                assert r.status_code == 200, r.text
+                assert r.json()["text"] == expected[i] and r.json()["duration_s"] == 1.0
+            r = client.post("/v1/predict", files={"audio": ("a0.wav", (tmp_path / "a0.wav").read_bytes(), "audio/wav")})
+            assert r.status_code == 404 and "speech recogniser" in r.json()["detail"]
+            r = client.post("/v1/transcribe", json={"text": "hello"})
+            assert r.status_code == 422 and r.json()["kind"] == "unsupported_modality"
+        # a Whisper model folder is served the same way, without a run
+        with TestClient(create_app(asr_model_dir, ServeConfig())) as client:
+            _wait_until_ready(client)
+            r = client.post("/v1/transcribe", files={"audio": ("a0.wav", (tmp_path / "a0.wav").read_bytes(), "audio/wav")})
+            assert r.status_code == 200 and isinstance(r.json()["text"], str)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _wait_until_ready(client, timeout: float = 60.0) -> None:
+    import time
+
+    end = time.monotonic() + timeout
+    while client.get("/readyz").status_code != 200:
+        assert time.monotonic() < end, client.get("/readyz").json()
+        time.sleep(0.05)

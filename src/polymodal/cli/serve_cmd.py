@@ -14,13 +14,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     from ..serve.config import ServeConfig
     from .train_cmd import _field_comments
 
-    p = sub.add_parser("serve", help="serve a trained run over HTTP (predict, embed, metrics)",
+    p = sub.add_parser("serve", help="serve a trained run over HTTP (predict, embed, transcribe, metrics)",
                        description="Start an HTTP service for a run folder: POST /v1/predict and /v1/embed (JSON "
-                                   "with base64 media, or multipart uploads), dynamic batching, a bounded queue "
+                                   "with base64 media, or multipart uploads; POST /v1/transcribe for an asr run or a Whisper "
+                                   "folder), dynamic batching, a bounded queue "
                                    "(429), deadlines (504), size limits (413/422), /livez, /readyz, /metrics and "
                                    "/openapi.json. SIGTERM drains in-flight requests, then exits. The API key is "
                                    f"read from ${API_KEY_ENV} (a flag would show it in the process list).")
-    p.add_argument("run", type=Path, help="run folder written by `polymodal train`")
+    p.add_argument("run", type=Path, help="run folder written by `polymodal train`; an asr run, or a Whisper model "
+                                          "folder (faster-whisper or transformers), is served at POST /v1/transcribe")
     comments = _field_comments(ServeConfig)
     for f in dataclasses.fields(ServeConfig):
         if f.name == "api_key":
@@ -49,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     if os.environ.get(API_KEY_ENV):
         values["api_key"] = os.environ[API_KEY_ENV]
     cfg = ServeConfig(**values)
-    for name in ("config.yaml", "labels.json"):  # fail before binding the port, not in a worker
+    from ..serve.inference import is_transcriber
+
+    for name in () if is_transcriber(args.run) else ("config.yaml", "labels.json"):  # fail before binding the port
         if not (args.run / name).is_file():
             raise PolymodalError(f"{args.run}: not a finished run (no {name}); train it with `polymodal train CONFIG`")
     return serve(args.run, cfg, log_level=args.log_level)

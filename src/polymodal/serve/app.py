@@ -39,11 +39,11 @@ from .batcher import Admission, Batcher, DeadlineExceeded, InferenceFailed
 from .config import ServeConfig
 from .limits import MODALITIES, RawInputs, RequestRejected, check_inputs, decode_base64, decode_inputs
 from .schemas import EmbedResponse, Embeddings, ErrorResponse, Health, PredictRequest, PredictResponse, \
-    error_responses, request_body_schema
+    TranscribeResponse, error_responses, request_body_schema
 
 log = logging.getLogger(__name__)
 DEADLINE_HEADER = "x-deadline-ms"
-_ROUTES = ("/v1/predict", "/v1/embed", "/livez", "/readyz", "/metrics", "/openapi.json", "/docs")
+_ROUTES = ("/v1/predict", "/v1/embed", "/v1/transcribe", "/livez", "/readyz", "/metrics", "/openapi.json", "/docs")
 
 
 class Service:
@@ -55,6 +55,8 @@ class Service:
         self.admission = Admission(cfg.max_queue, self.metrics)
         self.run: Run | None = run if isinstance(run, Run) else None
         self._source = None if isinstance(run, Run) else Path(run)
+        # an asr run or a Whisper folder is served at /v1/transcribe; anything else is a classifier run
+        self.transcriber = self._source is not None and inference.is_transcriber(self._source)
         self.load_error: str | None = None
         self.draining = False
         self.batchers: dict[str, Batcher] = {}
@@ -82,16 +84,23 @@ class Service:
                 import torch
 
                 await loop.run_in_executor(self._executor, torch.set_num_threads, self.cfg.threads)
-            if self.run is None:
+            if self.transcriber:
+                recognizer = await loop.run_in_executor(self._executor, inference.load_transcriber, self._source)
+            elif self.run is None:
                 self.run = await loop.run_in_executor(self._executor, load_run, self._source)
         except Exception as e:
             log.exception("loading the run failed")
             self.load_error = f"loading {self._source} failed: {e}"
             return
-        self.sample_rates = inference.sample_rates(self.run)
-        for name, fn in (("predict", inference.predict_batch), ("embed", inference.embed_batch)):
-            b = Batcher(name, partial(fn, self.run), self._executor, self.cfg.max_batch_size, self.cfg.max_delay_ms,
-                        self.metrics)
+        if self.transcriber:
+            self.sample_rates = {"audio": 16_000}
+            routes = {"transcribe": partial(inference.transcribe_batch, recognizer)}
+        else:
+            self.sample_rates = inference.sample_rates(self.run)
+            routes = {"predict": partial(inference.predict_batch, self.run),
+                      "embed": partial(inference.embed_batch, self.run)}
+        for name, fn in routes.items():
+            b = Batcher(name, fn, self._executor, self.cfg.max_batch_size, self.cfg.max_delay_ms, self.metrics)
             self._tasks.append(asyncio.create_task(b.run(), name=f"polymodal-batcher-{name}"))
             self.batchers[name] = b
 
@@ -103,11 +112,18 @@ class Service:
 
     @property
     def modalities(self) -> tuple[str, ...]:
+        if self.transcriber:
+            return ("audio",)
         assert self.run is not None
         return tuple(m for m in MODALITIES if m in self.run.model.encoders)
 
     async def handle(self, request: Request, route: str) -> Any:
         """Parse, check, decode and batch one admitted request; the result of the route's batch function."""
+        if route not in self.batchers:
+            served = ", ".join(f"/v1/{r}" for r in self.batchers)
+            what = "a speech recogniser" if self.transcriber else "a classifier run"
+            raise RequestRejected(404, "not_served", f"/v1/{route} is not served here: this service runs {what} "
+                                                     f"({served})")
         ticket, deadline = request.state.ticket, request.state.deadline
         raw = await read_inputs(request)
         check_inputs(raw, self.modalities, self.cfg)
@@ -303,7 +319,8 @@ def create_app(run: Run | str | Path, cfg: ServeConfig = ServeConfig()) -> FastA
         await service.stop()
 
     app = FastAPI(title="polymodal", version="1", lifespan=lifespan,
-                  description="Class probabilities and embeddings from a trained polymodal run.")
+                  description="Class probabilities and embeddings from a trained polymodal run, or transcripts "
+                              "from a speech recogniser.")
     app.state.service = service
     app.add_middleware(Gate, service=service)
     body = request_body_schema()
@@ -322,7 +339,7 @@ def create_app(run: Run | str | Path, cfg: ServeConfig = ServeConfig()) -> FastA
     async def failed(_: Request, e: InferenceFailed) -> JSONResponse:
         return _error(500, "inference_failed", f"{e}; the server log has the traceback")
 
-    codes = (401, 413, 415, 422, 429, 500, 503, 504)
+    codes = (401, 404, 413, 415, 422, 429, 500, 503, 504)
 
     @app.post("/v1/predict", response_model=PredictResponse, responses=error_responses(*codes),
               openapi_extra={"requestBody": body, "security": secured}, summary="class probabilities of one example")
@@ -336,6 +353,12 @@ def create_app(run: Run | str | Path, cfg: ServeConfig = ServeConfig()) -> FastA
               openapi_extra={"requestBody": body, "security": secured}, summary="pooled embeddings per modality")
     async def embed(request: Request) -> EmbedResponse:
         return EmbedResponse(embeddings=Embeddings(**await service.handle(request, "embed")))
+
+    @app.post("/v1/transcribe", response_model=TranscribeResponse, responses=error_responses(*codes),
+              openapi_extra={"requestBody": body, "security": secured},
+              summary="the transcript of one audio clip (an asr run or a Whisper model)")
+    async def transcribe(request: Request) -> TranscribeResponse:
+        return TranscribeResponse(**await service.handle(request, "transcribe"))
 
     @app.get("/livez", response_model=Health, summary="the process is up")
     async def livez() -> Health:

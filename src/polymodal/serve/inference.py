@@ -57,3 +57,57 @@ def embed_batch(run: Run, items: list[dict[str, Any]]) -> list[dict[str, list[fl
 def sample_rates(run: Run) -> dict[str, int | None]:
     """Modality -> the rate its encoder wants waveforms at (None for text and images)."""
     return {m: getattr(enc, "sample_rate", None) for m, enc in run.model.encoders.items()}
+
+
+# --- speech recognition: an asr run, or a Whisper model folder --------------------------------------------------
+
+def is_transcriber(source) -> bool:
+    """Whether ``source`` is served at /v1/transcribe: an asr run, or a Whisper folder (faster-whisper or
+    transformers format)."""
+    from pathlib import Path
+
+    from ..eval.asr_report import is_asr_run
+    from ..speech.engines import _is_ct2_dir, _is_hf_whisper_dir
+
+    path = Path(source)
+    return path.is_dir() and (is_asr_run(path) or _is_ct2_dir(path) or _is_hf_whisper_dir(path))
+
+
+def load_transcriber(source):
+    """The recogniser of an asr run (its tuned model through transformers) or of a Whisper folder (a
+    faster-whisper folder runs int8 through CTranslate2; a transformers folder in float32)."""
+    from pathlib import Path
+
+    from ..eval.asr_report import is_asr_run
+    from ..speech.engines import TransformersRecognizer, build_recognizer, _is_ct2_dir
+
+    path = Path(source)
+    if is_asr_run(path):
+        from ..speech.asr_task import load_asr_run
+        from ..train.config import load_config
+
+        model, processor = load_asr_run(path)
+        return TransformersRecognizer(path, language=load_config(path / "config.yaml").asr.language, model=model,
+                                      processor=processor)
+    return build_recognizer(str(path), engine="faster-whisper" if _is_ct2_dir(path) else "transformers")
+
+
+def transcribe_batch(recognizer, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Transcripts of 16 kHz waveforms: clips up to 30 s are decoded together (one batch through the model);
+    a longer one is cut at pauses by voice activity detection and its segments decoded."""
+    from ..speech.transcribe import transcribe_wave
+    from ..speech.vad import VADConfig
+
+    window = int(VADConfig().max_chunk_s * 16_000)
+    waves = [it["audio"] for it in items]
+    out: list[dict[str, Any] | None] = [None] * len(waves)
+    short = [i for i, w in enumerate(waves) if len(w) <= window]
+    for i, text in zip(short, recognizer.decode([waves[i] for i in short]) if short else []):
+        end = round(len(waves[i]) / 16_000, 3)
+        out[i] = {"text": text, "segments": [{"start": 0.0, "end": end, "text": text}] if text else [], "duration_s": end}
+    for i, w in enumerate(waves):
+        if out[i] is None:
+            segments = transcribe_wave(w, recognizer, vad=True)
+            out[i] = {"text": " ".join(s.text for s in segments), "duration_s": round(len(w) / 16_000, 3),
+                      "segments": [{"start": s.start, "end": s.end, "text": s.text} for s in segments]}
+    return out

@@ -38,6 +38,20 @@ class EmbedResponse(BaseModel):
     embeddings: Embeddings
 
 
+class TranscriptSegment(BaseModel):
+    start: float = Field(description="seconds from the start of the audio")
+    end: float = Field(description="seconds from the start of the audio")
+    text: str
+
+
+class TranscribeResponse(BaseModel):
+    """The transcript of one audio clip; long audio is cut at pauses and each segment timed."""
+
+    text: str = Field(description="the whole transcript; empty when no speech was recognised")
+    segments: list[TranscriptSegment] = Field(description="timed pieces of the transcript")
+    duration_s: float = Field(description="length of the audio in seconds")
+
+
 class ErrorResponse(BaseModel):
     """Every error the service itself answers: what is wrong and how to fix it."""
 
@@ -69,7 +83,8 @@ def request_body_schema() -> dict[str, Any]:
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for these status codes, all with the ErrorResponse body."""
     why = {
-        401: "missing or wrong bearer token", 413: "body, text, image pixels or audio length over a limit",
+        401: "missing or wrong bearer token", 404: "this service does not serve that route (a classifier has no "
+                                                  "/v1/transcribe, a recogniser no /v1/predict)", 413: "body, text, image pixels or audio length over a limit",
         415: "neither JSON nor multipart", 422: "invalid request or media (corrupt, truncated, format not allowed)",
         429: "queue full; retry after Retry-After seconds", 500: "the model failed on an input that passed every check",
         503: "model loading, or server draining", 504: "the request deadline passed",
