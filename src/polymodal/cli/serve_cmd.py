@@ -16,11 +16,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("serve", help="serve a trained run over HTTP (predict, embed, transcribe, metrics)",
                        description="Start an HTTP service for a run folder: POST /v1/predict and /v1/embed (JSON "
-                                   "with base64 media, or multipart uploads; POST /v1/transcribe for an asr run or a Whisper "
-                                   "folder), dynamic batching, a bounded queue "
-                                   "(429), deadlines (504), size limits (413/422), /livez, /readyz, /metrics and "
-                                   "/openapi.json. SIGTERM drains in-flight requests, then exits. The API key is "
-                                   f"read from ${API_KEY_ENV} (a flag would show it in the process list).")
+                                   "with base64 media, or multipart uploads); for an asr run or a Whisper folder, "
+                                   "POST /v1/transcribe. Dynamic batching, a bounded queue (429), deadlines (504), "
+                                   "size limits (413/422), /livez, /readyz, /metrics and /openapi.json. SIGTERM "
+                                   "drains in-flight requests, then exits. The API key is read from "
+                                   f"${API_KEY_ENV} (a flag would show it in the process list).")
     p.add_argument("run", type=Path, help="run folder written by `polymodal train`; an asr run, or a Whisper model "
                                           "folder (faster-whisper or transformers), is served at POST /v1/transcribe")
     comments = _field_comments(ServeConfig)
