@@ -4,6 +4,7 @@ WER/CER, and the Whisper encoder. Real-model tests use the bundled Whisper base 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import struct
 from pathlib import Path
@@ -651,3 +652,51 @@ def _wait_until_ready(client, timeout: float = 60.0) -> None:
     while client.get("/readyz").status_code != 200:
         assert time.monotonic() < end, client.get("/readyz").json()
         time.sleep(0.05)
+
+
+# --- recognised speech as the text modality -----------------------------------------------------------------------
+
+@pytest.mark.shared_data
+def test_transcripts_become_the_text_column_cached_and_feed_a_fusion_run(shared_data, tmp_path, monkeypatch, tiny_model_dir):
+    import os
+
+    from polymodal.data import load_manifest
+    from polymodal.data.audio import load_audio
+    from polymodal.speech import engines
+    from polymodal.speech.derive import transcribe_manifest
+    from polymodal.speech.engines import PocketsphinxRecognizer
+    from polymodal.train import load_run, train
+    from polymodal.train.config import config_from_dict
+
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
+    fsdd = shared_data / "audio" / "fsdd"
+    clips = [f"{d}_{s}_{r}.wav" for d in (0, 1) for s in ("george", "theo") for r in (5, 6, 7)]
+    (tmp_path / "clips").mkdir()
+    for c in clips:
+        os.link(fsdd / c, tmp_path / "clips" / c)
+    words = {"0": "zero", "1": "one"}
+    (tmp_path / "m.csv").write_text("audio,label,text\n" + "".join(f"clips/{c},{c[0]},{words[c[0]]}\n" for c in clips))
+    heard = PocketsphinxRecognizer().decode([load_audio(tmp_path / "clips" / c) for c in clips])
+
+    derived = transcribe_manifest(load_manifest(tmp_path / "m.csv"), "pocketsphinx", progress=False)
+    assert [e.text for e in derived.examples] == heard  # the reference words are replaced by what was heard
+    derived.write(tmp_path / "heard.csv")
+    assert [e.text or "" for e in load_manifest(tmp_path / "heard.csv").examples] == heard
+
+    def no_recogniser(*a, **k):
+        raise AssertionError("the transcripts should come from the cache")
+
+    monkeypatch.setattr(engines, "build_recognizer", no_recogniser)
+    assert [e.text for e in transcribe_manifest(load_manifest(tmp_path / "m.csv"), "pocketsphinx",
+                                                progress=False).examples] == heard
+    # a fusion run trained on audio + transcript; prediction on audio alone transcribes it the same way
+    cfg = config_from_dict({
+        "data": {"manifest": str(tmp_path / "m.csv"), "transcribe": "pocketsphinx", "test_fraction": 0.34,
+                 "val_fraction": 0.25},
+        "model": {"encoders": {"text": str(tiny_model_dir("bert")), "audio": {"model": "audio-cnn", "clip_seconds": 1.0}},
+                  "fusion": {"kind": "early", "hidden": 8}},
+        "optim": {"epochs": 1, "batch_size": 4}, "out_dir": str(tmp_path / "run")})
+    run = load_run(train(cfg, progress=False))
+    audio_only = [dataclasses.replace(e, text=None, raw={}) for e in load_manifest(tmp_path / "m.csv").examples]
+    with_text = load_manifest(tmp_path / "heard.csv").examples
+    torch.testing.assert_close(run.predict(audio_only), run.predict([dataclasses.replace(e, raw={}) for e in with_text]))

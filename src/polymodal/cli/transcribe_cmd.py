@@ -11,7 +11,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description="Transcribe audio files offline: Silero VAD cuts each file into speech chunks of "
                                    "at most 30 s, Whisper reads each chunk. A file that cannot be read is reported and "
                                    "skipped; the exit status is 1 if any file failed.")
-    p.add_argument("files", nargs="+", type=Path, help="audio files (wav, flac, ogg, mp3, ...)")
+    p.add_argument("files", nargs="*", type=Path, help="audio files (wav, flac, ogg, mp3, ...)")
+    p.add_argument("--manifest", type=Path, help="instead of files: give each row of this manifest the transcript of "
+                                                 "its audio as its text column (cached per clip), written to --out")
+    p.add_argument("--out", type=Path, help="--manifest: the manifest to write (.csv, .jsonl or .parquet)")
     p.add_argument("--model", "-m", default="whisper-base",
                    help="whisper-base (bundled), a faster-whisper or transformers Whisper folder, or a hub id")
     p.add_argument("--engine", choices=("faster-whisper", "transformers", "pocketsphinx"), default="faster-whisper",
@@ -37,6 +40,12 @@ def run(args: argparse.Namespace) -> int:
     from ..speech import TranscribeConfig, VADConfig, transcribe_files, write_json, write_srt
     from ..speech.transcribe import MAX_TRANSCRIBE_SECONDS
 
+    if args.manifest:
+        return _manifest(args)
+    if not args.files:
+        from ..errors import PolymodalError
+
+        raise PolymodalError("give audio FILES, or --manifest M --out OUT")
     cfg = TranscribeConfig(model=args.model, engine=args.engine, compute_type=args.compute_type,
                            language=None if args.language == "auto" else args.language, beam_size=args.beam_size,
                            vad=not args.no_vad, vad_config=VADConfig(max_pause_s=args.max_pause), max_seconds=args.max_seconds or MAX_TRANSCRIBE_SECONDS)
@@ -61,3 +70,20 @@ def run(args: argparse.Namespace) -> int:
     print(f"{len(results) - len(failed)} of {len(results)} files transcribed"
           + (f"; wrote {', '.join(written)}" if written else ""), file=sys.stderr)
     return 1 if failed else 0
+
+
+def _manifest(args: argparse.Namespace) -> int:
+    from ..data import load_manifest
+    from ..errors import PolymodalError
+    from ..speech.derive import transcribe_manifest
+
+    if args.out is None:
+        raise PolymodalError("--manifest needs --out: the manifest to write with the transcripts")
+    manifest = load_manifest(args.manifest)
+    if "audio" not in manifest.columns:
+        raise PolymodalError(f"{args.manifest}: no audio column to transcribe (columns: {', '.join(manifest.columns)})")
+    model = "pocketsphinx" if args.engine == "pocketsphinx" else args.model
+    out = transcribe_manifest(manifest, model).write(args.out)
+    n = sum(e.audio is not None for e in manifest.examples)
+    print(f"transcribed {n} rows' audio into the text column; wrote {out}")
+    return 0

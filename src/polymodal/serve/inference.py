@@ -32,6 +32,8 @@ def predict_batch(run: Run, items: list[dict[str, Any]]) -> list[list[float]]:
     Raises:
         FloatingPointError: the model produced a non-finite probability.
     """
+    if run.config.data.transcribe:  # trained on transcripts: the text is what the recogniser hears in the audio
+        items = _with_transcripts(run, items)
     probs = run.model(prepare_batch(run, items)).float().softmax(-1)
     if not torch.isfinite(probs).all():
         raise FloatingPointError("the model produced non-finite probabilities")
@@ -110,4 +112,28 @@ def transcribe_batch(recognizer, items: list[dict[str, Any]]) -> list[dict[str, 
             segments = transcribe_wave(w, recognizer, vad=True)
             out[i] = {"text": " ".join(s.text for s in segments), "duration_s": round(len(w) / 16_000, 3),
                       "segments": [{"start": s.start, "end": s.end, "text": s.text} for s in segments]}
+    return out
+
+
+def _with_transcripts(run: Run, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Items whose audio is transcribed into their text (a run trained with ``data.transcribe``); the recogniser
+    is loaded once per run and kept on it."""
+    from ..data.audio import resample
+
+    recognizer = getattr(run, "_recognizer", None)
+    if recognizer is None:
+        from ..speech.derive import _engine
+        from ..speech.engines import build_recognizer
+
+        model = run.config.data.transcribe
+        recognizer = build_recognizer("whisper-base" if model == "pocketsphinx" else model, engine=_engine(model))
+        run._recognizer = recognizer
+    rate = sample_rates(run).get("audio") or 16_000
+    idx = [i for i, it in enumerate(items) if "audio" in it]
+    waves = [items[i]["audio"] if rate == 16_000 else resample(items[i]["audio"], rate, 16_000) for i in idx]
+    texts = transcribe_batch(recognizer, [{"audio": w} for w in waves]) if waves else []
+    out = [dict(it) for it in items]
+    for i, t in zip(idx, texts):
+        if t["text"]:
+            out[i]["text"] = t["text"]
     return out

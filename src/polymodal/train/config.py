@@ -28,6 +28,7 @@ class DataConfig:
     val_fraction: float = 0.1  # without a 'val' split, this share of 'train' (stratified) validates
     test_fraction: float = 0.2  # without any split column, this share of all rows (stratified) is the test set
     seed: int = 0  # seed of any split made here
+    transcribe: str | None = None  # recogniser (whisper-base, a folder, pocketsphinx): text := its audio's transcript (cached)
 
     def __post_init__(self):
         if not 0 <= self.val_fraction < 1:

@@ -298,6 +298,11 @@ class HeadTask:
     def __init__(self, cfg: TrainConfig, *, progress: bool = True):
         self.cfg = cfg
         manifest = load_manifest(cfg.data.manifest)
+        if cfg.data.transcribe:  # recognised speech as the text modality (the voice-assistant case)
+            from ..speech.derive import transcribe_manifest
+
+            manifest = transcribe_manifest(require_clean(manifest, skip_bad=cfg.data.skip_bad, progress=progress),
+                                           cfg.data.transcribe, progress)
         check_config_against_manifest(cfg, manifest.columns)
         manifest = require_clean(manifest, skip_bad=cfg.data.skip_bad, progress=progress)
         self.align = cfg.task == "align"

@@ -27,7 +27,12 @@ class Run:
 
     @torch.no_grad()
     def predict(self, examples: list[Example], batch_size: int = 32) -> torch.Tensor:
-        """Class probabilities (n, classes) for examples holding any subset of the run's modalities."""
+        """Class probabilities (n, classes) for examples holding any subset of the run's modalities (a run
+        trained on transcripts, ``data.transcribe``, transcribes the examples' audio into their text first)."""
+        if self.config.data.transcribe:
+            from ..speech.derive import transcribe_examples
+
+            examples = transcribe_examples(examples, self.config.data.transcribe, progress=False)
         self.model.eval()
         out = []
         rng = np.random.default_rng(0)
