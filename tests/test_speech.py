@@ -700,3 +700,16 @@ def test_transcripts_become_the_text_column_cached_and_feed_a_fusion_run(shared_
     audio_only = [dataclasses.replace(e, text=None, raw={}) for e in load_manifest(tmp_path / "m.csv").examples]
     with_text = load_manifest(tmp_path / "heard.csv").examples
     torch.testing.assert_close(run.predict(audio_only), run.predict([dataclasses.replace(e, raw={}) for e in with_text]))
+
+
+def test_init_writes_an_asr_config_that_loads(tmp_path):
+    from polymodal.cli.main import main
+    from polymodal.train.config import load_config
+
+    (tmp_path / "m.csv").write_text("audio,text\na.wav,hello\n")
+    assert main(["init", str(tmp_path / "m.csv"), "--task", "asr", "--out", str(tmp_path / "c.yaml")]) == 0
+    cfg = load_config(tmp_path / "c.yaml")
+    assert cfg.task == "asr" and cfg.tuning.mode == "lora" and cfg.model.encoders == {}
+    assert cfg.asr.model == "whisper-base-hf" and cfg.asr.text_column == "text"
+    (tmp_path / "x.csv").write_text("image\na.png\n")
+    assert main(["init", str(tmp_path / "x.csv"), "--task", "asr", "--out", str(tmp_path / "d.yaml")]) == 2

@@ -19,8 +19,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--fusion", default="early", choices=("early", "gated", "cross_attention", "late"))
     init.add_argument("--mode", default="linear_probe", choices=("linear_probe", "full", "lora", "zeroshot", "coop"),
                       help="tuning mode (zeroshot and coop: classify images by prompts, see tuning.prompt)")
-    init.add_argument("--task", default="classify", choices=("classify", "align"),
-                      help="align: contrastive alignment of the manifest's two modalities (no labels needed)")
+    init.add_argument("--task", default="classify", choices=("classify", "align", "asr"),
+                      help="align: contrastive alignment of the manifest's two modalities (no labels needed); asr: "
+                           "fine-tune Whisper on the audio and text columns (mode lora unless --mode full)")
     init.add_argument("--force", action="store_true", help="overwrite an existing config")
     init.set_defaults(func=run_init)
 
@@ -65,7 +66,7 @@ def _yaml_block(obj, indent: int = 0) -> list[str]:
         if dataclasses.is_dataclass(value):
             lines.append(f"{pad}{f.name}:{note}")
             lines += _yaml_block(value, indent + 2)
-        elif isinstance(value, dict):
+        elif isinstance(value, dict) and value:
             lines.append(f"{pad}{f.name}:{note}")
             for k, v in value.items():
                 lines.append(f"{pad}  {k}:")
@@ -94,6 +95,12 @@ def run_init(args: argparse.Namespace) -> int:
     encoders = {m: EncoderConfig(DEFAULT_ENCODERS[m], modality=m) for m in manifest.modalities}
     if args.task == "align" and len(encoders) != 2:
         raise PolymodalError(f"{args.manifest}: align pairs two modalities; its columns give {', '.join(encoders) or 'none'}")
+    if args.task == "asr":
+        missing = [c for c in ("audio", "text") if c not in manifest.columns]
+        if missing:
+            raise PolymodalError(f"{args.manifest}: asr trains on audio and its transcript; no {' or '.join(missing)} column")
+        encoders = {}  # Whisper is the whole model: see the asr section
+        args.mode = args.mode if args.mode in ("full", "lora") else "lora"
     if args.mode in ("zeroshot", "coop"):
         if "image" not in encoders:
             raise PolymodalError(f"{args.manifest}: {args.mode} classifies images by prompts; it has no image column")
@@ -104,7 +111,7 @@ def run_init(args: argparse.Namespace) -> int:
         tuning=TuningConfig(mode=args.mode, prompt=PromptConfig(image_map="conse") if args.mode in ("zeroshot", "coop")
                             else PromptConfig()),
         task=args.task,
-        out_dir=f"runs/{Path(args.manifest).stem}-{args.task if args.task == 'align' else args.fusion}-{args.mode}",
+        out_dir=f"runs/{Path(args.manifest).stem}-{args.task if args.task != 'classify' else args.fusion}-{args.mode}",
     )
     text = "\n".join([
         f"# polymodal training config for {args.manifest} ({len(manifest.examples)} rows, "

@@ -254,7 +254,7 @@ class TrainConfig:
     tuning: TuningConfig = field(default_factory=TuningConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     out_dir: str = "runs/run"  # where checkpoints, logs and the report go
-    task: str = "classify"  # classify (labels) | align (contrastive alignment of two modalities; no labels needed)
+    task: str = "classify"  # classify (labels) | align (two modalities, contrastive) | asr (Whisper) | instruct (an LM)
     compression: CompressionConfig | None = None  # written by `polymodal compress`; leave empty
     asr: AsrConfig = field(default_factory=AsrConfig)  # task asr: the Whisper model and the manifest's columns
     instruct: InstructConfig = field(default_factory=InstructConfig)  # task instruct: the LM, projector and stage
