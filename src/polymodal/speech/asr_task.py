@@ -50,26 +50,14 @@ CSV_FIELDS = ("row", "speaker", "reference", "hypothesis")
 def load_whisper(ref: str):
     """(WhisperForConditionalGeneration, WhisperProcessor) of a resolver reference (folder, hub id,
     ``whisper-base-hf``); a faster-whisper folder is converted once (cached)."""
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
     from ..errors import ModelNotFoundError
-    from ..models._hf import quiet_transformers
     from ..models._resolver import resolve_model
-    from .engines import _is_ct2_dir, _is_hf_whisper_dir
+    from .engines import load_hf_whisper
 
-    path = resolve_model(ref)
-    if _is_ct2_dir(path) and not _is_hf_whisper_dir(path):
-        from .convert import convert_ct2_whisper
-
-        path = convert_ct2_whisper(path)
-    if not _is_hf_whisper_dir(path):
-        raise ModelNotFoundError(f"asr.model: {path} is not a transformers Whisper folder (config.json with model_type "
-                                 "whisper) nor a faster-whisper one (model.bin)")
-    with quiet_transformers():
-        model = WhisperForConditionalGeneration.from_pretrained(path)
-        processor = WhisperProcessor.from_pretrained(path)
-    model.generation_config.forced_decoder_ids = None  # language and task are passed to generate() instead
-    return model, processor
+    try:
+        return load_hf_whisper(resolve_model(ref))
+    except ModelNotFoundError as e:
+        raise ModelNotFoundError(f"asr.model: {e}") from e
 
 
 def _cell(ex: Example, column: str | None) -> str | None:

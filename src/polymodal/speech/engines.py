@@ -87,6 +87,28 @@ class FasterWhisperRecognizer:
         return texts
 
 
+def load_hf_whisper(model_dir: str | os.PathLike):
+    """(WhisperForConditionalGeneration, WhisperProcessor) of a transformers Whisper folder; a faster-whisper
+    folder is converted once (cached). Language and task are left to ``generate()``'s arguments."""
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    from ..models._hf import quiet_transformers
+
+    model_dir = Path(model_dir)
+    if _is_ct2_dir(model_dir) and not _is_hf_whisper_dir(model_dir):
+        from .convert import convert_ct2_whisper
+
+        model_dir = convert_ct2_whisper(model_dir)
+    if not _is_hf_whisper_dir(model_dir):
+        raise ModelNotFoundError(f"{model_dir}: not a transformers Whisper folder (config.json with model_type whisper) "
+                                 "nor a faster-whisper one (model.bin)")
+    with quiet_transformers():
+        model = WhisperForConditionalGeneration.from_pretrained(model_dir)
+        processor = WhisperProcessor.from_pretrained(model_dir)
+    model.generation_config.forced_decoder_ids = None
+    return model, processor
+
+
 class TransformersRecognizer:
     """A transformers Whisper folder (or a CTranslate2 one, converted once and cached) on the CPU in float32.
 
@@ -101,23 +123,17 @@ class TransformersRecognizer:
 
     def __init__(self, model_dir: str | os.PathLike, language: str | None = "en", beam_size: int = 1,
                  batch_size: int = 8, model=None, processor=None):
-        from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-        from ..models._hf import quiet_transformers
-
-        model_dir = Path(model_dir)
         if model is None:
-            if _is_ct2_dir(model_dir) and not _is_hf_whisper_dir(model_dir):
-                from .convert import convert_ct2_whisper
+            model, loaded = load_hf_whisper(model_dir)
+            processor = processor if processor is not None else loaded
+        elif processor is None:
+            from transformers import WhisperProcessor
 
-                model_dir = convert_ct2_whisper(model_dir)
-            if not _is_hf_whisper_dir(model_dir):
-                raise ModelNotFoundError(f"{model_dir}: not a transformers Whisper folder (config.json with "
-                                         "model_type whisper) nor a faster-whisper one (model.bin)")
+            from ..models._hf import quiet_transformers
+
             with quiet_transformers():
-                model = WhisperForConditionalGeneration.from_pretrained(model_dir)
-        with quiet_transformers():
-            self.processor = processor if processor is not None else WhisperProcessor.from_pretrained(model_dir)
+                processor = WhisperProcessor.from_pretrained(model_dir)
+        self.processor = processor
         self.model = model.eval()
         self.language, self.beam_size, self.batch_size = language, beam_size, batch_size
 
