@@ -80,3 +80,44 @@ def tiny_ast(out: Path) -> Path:
 
 BUILDERS = {"bert": tiny_bert, "clip": tiny_clip, "vit": tiny_vit, "wav2vec2": tiny_wav2vec2,
             "whisper": tiny_whisper, "ast": tiny_ast}
+
+
+# SmolLM2's ChatML chat template, verbatim: tests of instruction tuning exercise a real template.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\n"
+    "You are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+_CORPUS = ("the quick brown fox jumps over the lazy dog. what is in this photo? answer with one word. "
+           "which digit is spoken? is this movie review positive or negative? cat dog airplane one two three "
+           "paris france capital you are a helpful assistant named smollm trained by hugging face").split(". ")
+
+
+def tiny_chat_llama(out: Path) -> Path:
+    """A 2-layer random Llama (hidden 32) with a small byte-level BPE tokenizer and the ChatML template."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    bpe = Tokenizer(models.BPE(unk_token=None))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    bpe.train_from_iterator(_CORPUS * 4, trainers.BpeTrainer(vocab_size=400, special_tokens=specials,
+                                                            initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                  pad_token="<|im_end|>", unk_token="<|endoftext|>")
+    tok.chat_template = CHATML_TEMPLATE
+    tok.save_pretrained(out)
+    import torch
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                      tie_word_embeddings=True)
+    LlamaForCausalLM(cfg).save_pretrained(out)
+    return out
+
+
+BUILDERS["chat_llama"] = tiny_chat_llama

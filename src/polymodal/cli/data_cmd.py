@@ -20,12 +20,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--max-audio-seconds", type=float, help="longest allowed audio file, in seconds")
     check.add_argument("--drop-bad", type=Path, metavar="OUT",
                        help="write a cleaned manifest without the bad rows to OUT (.csv, .jsonl or .parquet)")
+    # Conversation JSONL (instruction data, lines with "messages"): placeholders, roles, answers, token counts.
+    check.add_argument("--lm", default="smollm2",
+                       help="conversations: the language model whose chat template and tokenizer count tokens (default smollm2)")
+    check.add_argument("--max-tokens", type=int, default=512, help="conversations: longest allowed, in tokens (default 512)")
+    check.add_argument("--soft-tokens", type=int, default=4, help="conversations: tokens per attached file (default 4)")
     check.set_defaults(func=run_check)
 
 
 def run_check(args: argparse.Namespace) -> int:
     from ..data import CheckLimits, check_manifest, format_problems, load_manifest
+    from ..instruct.data import is_conversation_file
 
+    if is_conversation_file(args.manifest):
+        return run_check_conversations(args)
     manifest = load_manifest(args.manifest)
     defaults = CheckLimits()
     limits = CheckLimits(max_pixels=args.max_pixels or defaults.max_pixels,
@@ -39,4 +47,38 @@ def run_check(args: argparse.Namespace) -> int:
         clean = manifest.without_rows({p.row for p in problems})
         clean.write(args.drop_bad)
         print(f"wrote {args.drop_bad} with {len(clean.examples)} of {n} rows")
+    return 1 if problems else 0
+
+
+def run_check_conversations(args: argparse.Namespace) -> int:
+    """Instruction data: each problem by line, with its fix; token counts through the LM's chat template."""
+    from ..data import format_problems
+    from ..errors import ModelNotFoundError
+    from ..instruct.data import check_conversations, read_conversations
+    from ..instruct.template import encode_conversation
+
+    conversations, problems = read_conversations(args.manifest)
+    count = None
+    try:
+        from transformers import AutoTokenizer
+
+        from ..models import resolve_model
+
+        tokenizer = AutoTokenizer.from_pretrained(str(resolve_model(args.lm)))
+        count = lambda c: len(encode_conversation(tokenizer, c, soft_tokens=args.soft_tokens))  # noqa: E731
+    except (ModelNotFoundError, OSError, ValueError) as e:
+        print(f"note: token counts skipped ({e})")
+    problems = sorted(problems + check_conversations(conversations, args.manifest.parent, count_tokens=count,
+                                                     max_tokens=args.max_tokens), key=lambda p: p.row)
+    print(format_problems(problems, args.manifest))
+    print(f"{len(conversations)} conversations")
+    if args.drop_bad:
+        from .._paths import atomic_write_text
+
+        bad = {p.row for p in problems}
+        lines = args.manifest.read_bytes().decode("utf-8", errors="replace").splitlines()
+        kept = [line for i, line in enumerate(lines, start=1) if line.strip() and i not in bad]
+        atomic_write_text(args.drop_bad, "\n".join(kept) + "\n")
+        print(f"wrote {args.drop_bad} with {len(kept)} conversations (media paths are kept as written: write it "
+              "into the same folder)")
     return 1 if problems else 0

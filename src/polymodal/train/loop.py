@@ -404,7 +404,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     counts = _counts(task.model)
     if main_process:
         log.info("parameters: %s trainable of %s", f"{counts['trainable']:,}", f"{counts['total']:,}")
-        print(f"{cfg.tuning.mode}: {counts['trainable']:,} trainable parameters of {counts['total']:,} "
+        what = {"asr": f"asr ({cfg.tuning.mode})", "instruct": f"instruct ({cfg.instruct.stage})"}.get(cfg.task, cfg.tuning.mode)
+        print(f"{what}: {counts['trainable']:,} trainable parameters of {counts['total']:,} "
               f"({100 * counts['trainable'] / max(1, counts['total']):.2f} %)")
     if cfg.tuning.mode == "zeroshot":  # nothing to train: keep the (prompt) weights and score the test split
         if main_process:
