@@ -8,7 +8,8 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a trained run to ONNX (runs with ONNX Runtime, no PyTorch)",
+    p = sub.add_parser("export", help="export a trained run to ONNX (ONNX Runtime, no PyTorch), or an asr run to "
+                                      "faster-whisper",
                        description="Export a run's classifier (prepared inputs in, class probabilities out, dynamic "
                                    "batch) to RUN/export/model.onnx with export.json describing its inputs and labels, "
                                    "and check it against PyTorch on the run's test rows (max abs difference printed). "

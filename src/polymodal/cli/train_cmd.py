@@ -25,7 +25,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--force", action="store_true", help="overwrite an existing config")
     init.set_defaults(func=run_init)
 
-    train = sub.add_parser("train", help="train a classifier from a config (linear probe, full fine-tuning or LoRA)",
+    train = sub.add_parser("train", help="train the run a config describes (classify, align, asr, instruct)",
                            description="Train the run a config describes. Checkpoints are atomic; --resume continues "
                                        "an interrupted run exactly. Works under torchrun (DistributedDataParallel).")
     train.add_argument("config", type=Path, help="YAML config (see `polymodal init`)")
