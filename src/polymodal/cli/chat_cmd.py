@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .generate_cmd import add_generation_options, options_from, user_turn
+from .generate_cmd import add_generation_options, load_from, options_from, user_turn
 
 HELP = "commands: /image PATH, /audio PATH (attach to the next message), /reset, /quit"
 
@@ -74,14 +74,6 @@ def chat_loop(loaded, options, read=None, write=print) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
-    from ..instruct.model import load_instruct
-
-    loaded = load_instruct(args.run)
-    if args.system is not None:
-        loaded = dataclasses.replace(loaded, system_prompt=args.system)
-    if args.merge:
-        loaded.merge()
+    loaded = load_from(args)
     chat_loop(loaded, options_from(args, loaded.defaults))
     return 0

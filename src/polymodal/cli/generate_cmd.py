@@ -53,12 +53,10 @@ def user_turn(prompt: str, images: list[Path], audios: list[Path]):
     return Turn("user", missing + prompt, tuple(p.resolve() for p in images), tuple(p.resolve() for p in audios))
 
 
-def run(args: argparse.Namespace) -> int:
+def load_from(args: argparse.Namespace):
+    """The model of ``args.run`` as the generation options ask: the system prompt replaced, LoRA merged."""
     import dataclasses
-    import sys
 
-    from ..errors import PolymodalError
-    from ..instruct.generate import generate
     from ..instruct.model import load_instruct
 
     loaded = load_instruct(args.run)
@@ -66,6 +64,16 @@ def run(args: argparse.Namespace) -> int:
         loaded = dataclasses.replace(loaded, system_prompt=args.system)
     if args.merge:
         loaded.merge()
+    return loaded
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from ..errors import PolymodalError
+    from ..instruct.generate import generate
+
+    loaded = load_from(args)
     options = options_from(args, loaded.defaults)
     if args.data is not None:
         from ..instruct.evaluate import evaluate_conversations

@@ -92,7 +92,7 @@ class Conversation:
 def _ordered_attachments(turn: Turn) -> list[tuple[str, Path]]:
     """A turn's attachments in the order their placeholders appear in its text."""
     found = sorted((turn.content.find(PLACEHOLDERS[m], start), m) for m in PLACEHOLDERS
-                   for start in _positions(turn.content, PLACEHOLDERS[m]))
+                   for start in find_all(turn.content, PLACEHOLDERS[m]))
     counters = {"image": 0, "audio": 0}
     out = []
     for _, modality in found:
@@ -103,7 +103,8 @@ def _ordered_attachments(turn: Turn) -> list[tuple[str, Path]]:
     return out
 
 
-def _positions(text: str, needle: str) -> list[int]:
+def find_all(text: str, needle: str) -> list[int]:
+    """Start offsets of every non-overlapping occurrence of ``needle`` in ``text``."""
     out, i = [], text.find(needle)
     while i >= 0:
         out.append(i)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import PolymodalError
-from .data import PLACEHOLDERS, Conversation, Turn
+from .data import PLACEHOLDERS, Conversation, Turn, find_all
 
 IGNORE_INDEX = -100  # label of tokens outside the loss (PyTorch cross-entropy's ignore_index)
 
@@ -85,7 +85,7 @@ def encode_conversation(tokenizer, conv: Conversation | list[Turn] | tuple[Turn,
 
 
 def _tokenize(tokenizer, text: str, spans: list[tuple[int, int]], soft_tokens: int) -> Encoded:
-    marks = sorted((text.find(p, s), m) for m, p in PLACEHOLDERS.items() for s in _all(text, p))
+    marks = sorted((s, m) for m, p in PLACEHOLDERS.items() for s in find_all(text, p))
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids: list[int] = []
     labels: list[int] = []
@@ -107,14 +107,6 @@ def _tokenize(tokenizer, text: str, spans: list[tuple[int, int]], soft_tokens: i
         labels.extend([IGNORE_INDEX] * soft_tokens)
         start = pos + len(PLACEHOLDERS[modality])
     return Encoded(ids, labels, slots)
-
-
-def _all(text: str, needle: str) -> list[int]:
-    out, i = [], text.find(needle)
-    while i >= 0:
-        out.append(i)
-        i = text.find(needle, i + len(needle))
-    return out
 
 
 def pack(encoded: list[Encoded], max_tokens: int) -> list[list[int]]:
