@@ -95,24 +95,14 @@ def load_transcriber(source):
 
 
 def transcribe_batch(recognizer, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Transcripts of 16 kHz waveforms: clips up to 30 s are decoded together (one batch through the model);
-    a longer one is cut at pauses by voice activity detection and its segments decoded."""
-    from ..speech.transcribe import transcribe_wave
-    from ..speech.vad import VADConfig
+    """Transcripts of 16 kHz waveforms (``speech.transcribe.transcribe_waves``: short clips batched, long audio
+    cut at pauses)."""
+    from ..speech.transcribe import transcribe_waves
 
-    window = int(VADConfig().max_chunk_s * 16_000)
     waves = [it["audio"] for it in items]
-    out: list[dict[str, Any] | None] = [None] * len(waves)
-    short = [i for i, w in enumerate(waves) if len(w) <= window]
-    for i, text in zip(short, recognizer.decode([waves[i] for i in short]) if short else []):
-        end = round(len(waves[i]) / 16_000, 3)
-        out[i] = {"text": text, "segments": [{"start": 0.0, "end": end, "text": text}] if text else [], "duration_s": end}
-    for i, w in enumerate(waves):
-        if out[i] is None:
-            segments = transcribe_wave(w, recognizer, vad=True)
-            out[i] = {"text": " ".join(s.text for s in segments), "duration_s": round(len(w) / 16_000, 3),
-                      "segments": [{"start": s.start, "end": s.end, "text": s.text} for s in segments]}
-    return out
+    return [{"text": " ".join(s.text for s in segments), "duration_s": round(len(w) / 16_000, 3),
+             "segments": [{"start": s.start_s, "end": s.end_s, "text": s.text} for s in segments]}
+            for w, segments in zip(waves, transcribe_waves(waves, recognizer))]
 
 
 def _with_transcripts(run: Run, items: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -26,7 +26,6 @@ from ..data.manifest import Example, Manifest
 from ..features.extract import content_key
 
 BATCH = 16
-WINDOW_SAMPLES = 30 * 16_000  # Whisper's window: shorter clips are decoded whole
 
 
 class TranscriptCache:
@@ -71,7 +70,7 @@ def transcribe_examples(examples: list[Example], model: str = "whisper-base", pr
         model: a recogniser model reference (``whisper-base``, a Whisper folder or hub id), or ``pocketsphinx``.
     """
     from .engines import build_recognizer
-    from .transcribe import transcribe_wave
+    from .transcribe import transcribe_waves
 
     engine = _engine(model)
     with_audio = [e for e in examples if e.audio is not None]
@@ -86,12 +85,8 @@ def transcribe_examples(examples: list[Example], model: str = "whisper-base", pr
             for i in tqdm(range(0, len(items), BATCH), desc=f"transcribing ({model})", unit="batch",
                           disable=not progress, leave=False):
                 chunk = items[i : i + BATCH]
-                waves = [load_audio(e.audio) for _, e in chunk]
-                short = [j for j, w in enumerate(waves) if len(w) <= WINDOW_SAMPLES]  # decoded together
-                done = dict(zip([chunk[j][0] for j in short], recognizer.decode([waves[j] for j in short]) if short else []))
-                for j, w in enumerate(waves):  # longer audio: cut at pauses first
-                    if j not in short:
-                        done[chunk[j][0]] = " ".join(s.text for s in transcribe_wave(w, recognizer, vad=True))
+                segments = transcribe_waves([load_audio(e.audio) for _, e in chunk], recognizer)
+                done = {key: " ".join(s.text for s in segs) for (key, _), segs in zip(chunk, segments)}
                 cache.put(done)
                 known.update(done)
     finally:

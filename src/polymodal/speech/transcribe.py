@@ -95,6 +95,17 @@ def transcribe_wave(wave: np.ndarray, recognizer: Recognizer, vad: bool = True,
             for s, t in zip(spans, texts) if t]
 
 
+def transcribe_waves(waves: list[np.ndarray], recognizer: Recognizer) -> list[list[Segment]]:
+    """Timed segments of several 16 kHz waveforms: those within one window (30 s) are decoded together, in one
+    batch through the model; a longer one is cut at pauses by voice activity detection first."""
+    window = int(VADConfig().max_chunk_s * SAMPLE_RATE_HZ)
+    out: list[list[Segment] | None] = [None] * len(waves)
+    short = [i for i, w in enumerate(waves) if len(w) <= window]
+    for i, text in zip(short, recognizer.decode([waves[i] for i in short]) if short else []):
+        out[i] = [Segment(0.0, round(len(waves[i]) / SAMPLE_RATE_HZ, 3), text)] if text else []
+    return [segs if segs is not None else transcribe_wave(w, recognizer, vad=True) for segs, w in zip(out, waves)]
+
+
 def transcribe_file(path: str | os.PathLike, recognizer: Recognizer, cfg: TranscribeConfig = TranscribeConfig()) -> Transcript:
     """Transcribe one file.
 
