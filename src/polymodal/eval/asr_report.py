@@ -17,7 +17,9 @@ from ._document import Block, Heading, Paragraph, table
 from .asr import ASRReport, asr_scores, compare_wer
 from .report import COMPARISON_HTML, COMPARISON_MD, REPORT_HTML, REPORT_MD, _write_pair
 
-COLUMNS = ("row", "speaker", "reference", "hypothesis")
+COLUMNS = ("row", "speaker", "reference", "hypothesis")  # of RUN/predictions.csv and RUN/before.csv
+PREDICTIONS_FILE = "predictions.csv"  # the test clips decoded by the tuned model
+BEFORE_FILE = "before.csv"  # the same clips decoded by the untuned model
 
 
 def is_asr_run(run_dir: str | Path) -> bool:
@@ -92,10 +94,10 @@ def report_asr_run(run_dir: str | Path, out_dir: str | Path | None = None, n_res
                    seed: int = 0) -> tuple[Path, Path]:
     """``report.md`` / ``report.html`` of an asr run: before vs after tuning on its test clips."""
     run_dir = Path(run_dir)
-    after = read_transcripts(run_dir / "predictions.csv")
+    after = read_transcripts(run_dir / PREDICTIONS_FILE)
     info = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
-    if (run_dir / "before.csv").exists():
-        blocks, _ = _blocks(read_transcripts(run_dir / "before.csv"), after, "before tuning", "after tuning",
+    if (run_dir / BEFORE_FILE).exists():
+        blocks, _ = _blocks(read_transcripts(run_dir / BEFORE_FILE), after, "before tuning", "after tuning",
                             n_resamples, seed)
     else:
         speakers = after["speaker"] if any(after["speaker"]) else None
@@ -118,7 +120,7 @@ def compare_asr_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Path, 
                      seed: int = 0) -> tuple[Path, Path]:
     """Two asr runs tested on the same clips, side by side, with the bootstrap interval on B's WER minus A's."""
     run_a, run_b = Path(run_a), Path(run_b)
-    blocks, _ = _blocks(read_transcripts(run_a / "predictions.csv"), read_transcripts(run_b / "predictions.csv"),
+    blocks, _ = _blocks(read_transcripts(run_a / PREDICTIONS_FILE), read_transcripts(run_b / PREDICTIONS_FILE),
                         run_a.name, run_b.name, n_resamples, seed)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -35,6 +35,7 @@ from ..data.audio import load_audio
 from ..data.manifest import MODALITIES, Example
 from ..errors import ConfigError
 from ..eval.asr import asr_scores
+from ..eval.asr_report import BEFORE_FILE, COLUMNS, PREDICTIONS_FILE, read_transcripts  # the files' one format
 from ..train import checkpoint as ckpt
 from ..train.config import TrainConfig
 from ..train.data import make_splits
@@ -42,9 +43,6 @@ from ..features.extract import content_key
 from .asr_batch import ASRBatchConfig, asr_augment, asr_batch, label_ids
 
 log = logging.getLogger(__name__)
-BEFORE_FILE = "before.csv"
-PREDICTIONS_FILE = "predictions.csv"
-CSV_FIELDS = ("row", "speaker", "reference", "hypothesis")
 
 
 def load_whisper(ref: str):
@@ -231,7 +229,7 @@ class AsrTask:
         a = self.cfg.asr
         buf = io.StringIO()
         w = csv.writer(buf, lineterminator="\n")
-        w.writerow(CSV_FIELDS)
+        w.writerow(COLUMNS)
         for e, h in zip(examples, hypotheses):
             w.writerow([e.row, _cell(e, self.speakers) or "", _cell(e, a.text_column), h])
         atomic_write_text(path, buf.getvalue())
@@ -254,13 +252,6 @@ def _encoder_cache(model_ref: str):
     stamp = [str(path)] + [f"{f.name}:{f.stat().st_size}:{int(f.stat().st_mtime)}" for f in sorted(path.glob("*.safetensors"))]
     digest = hashlib.sha256("|".join(stamp).encode()).hexdigest()[:16]
     return FeatureCache(cache_dir("features") / f"whisper-encoder-{path.name}-{digest}.sqlite")
-
-
-def read_transcripts(path: Path) -> dict[str, list[str]]:
-    """A predictions.csv / before.csv of an asr run as columns."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return {k: [r[k] for r in rows] for k in CSV_FIELDS}
 
 
 def build(cfg: TrainConfig, *, progress: bool = True) -> AsrTask:
