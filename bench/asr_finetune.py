@@ -111,7 +111,7 @@ def asr_config(manifest: Path, out: Path, mode: str, epochs: int) -> dict:
 
 
 def train_run(cfg_dict: dict) -> tuple[Path, dict, float]:
-    from polymodal.train import train
+    from polymodal.tasks import train
     from polymodal.train.config import config_from_dict
 
     t0 = time.perf_counter()

@@ -94,7 +94,7 @@ def run(data: Path, workdir: Path, quick: bool, reuse: Path | None = None) -> di
     from polymodal.compress import compress_run, export_onnx
     from polymodal.compress.export import graph_inputs, run_session
     from polymodal.compress.measure import accuracy, compare_latency, load_split, prepared_batch, torch_forward
-    from polymodal.train import load_run, train
+    from polymodal.tasks import load_run, train
     from polymodal.train.config import config_from_dict
 
     # One thread for torch and ONNX Runtime alike: on this 2-core machine shared with other workers (load above 2),

@@ -251,7 +251,7 @@ def run_av(args, sizes: Sizes, workdir: Path, timings: dict) -> dict:
     from polymodal.data import load_manifest
     from polymodal.features import encode
     from polymodal.models import EncoderConfig
-    from polymodal.train import train
+    from polymodal.tasks import train
     from polymodal.train.config import config_from_dict
 
     t0 = time.perf_counter()
@@ -426,7 +426,7 @@ def child_main(spec: dict) -> None:
     import torch
 
     torch.set_num_threads(spec["threads"])
-    from polymodal.train import train
+    from polymodal.tasks import train
     from polymodal.train.config import config_from_dict
 
     cfg = config_from_dict(spec["cfg"])

@@ -74,7 +74,7 @@ def _train_speed(run: Path) -> dict[str, float]:
 
 def _probe(data: Path, task: str, work: Path) -> float:
     """The training issue's classifier (linear probe on frozen features, the one loop) on the task's split."""
-    from polymodal.train import train
+    from polymodal.tasks import train
     from polymodal.train.config import config_from_dict
 
     modality, enc = PROBE_ENCODER[task]
@@ -139,7 +139,7 @@ def main() -> None:
     from polymodal.instruct.evaluate import evaluate_conversations
     from polymodal.instruct.generate import GenerationOptions
     from polymodal.instruct.instruction_set import build_instruction_set
-    from polymodal.train import train
+    from polymodal.tasks import train
 
     q = args.quick
     n_train = {"digits": 10, "cifar10": 10, "polarity": 10, "emotion": 10} if q else \

@@ -153,7 +153,7 @@ def variant_name(off: set[str]) -> str:
 def polymodal_run(cfg_dict: dict, off: set[str], n_classes: int, out: Path) -> Timing:
     import json
 
-    from polymodal.train import train
+    from polymodal.tasks import train
     from polymodal.train.config import config_from_dict
 
     cfg = config_from_dict({**cfg_dict, "out_dir": str(out)})
@@ -199,7 +199,7 @@ def plain_probe(cfg_dict: dict, train_feats: dict, y_train, test_feats: dict, y_
     from torch import nn
 
     from polymodal.fusion import ModalityFeatures
-    from polymodal.train import build_classifier
+    from polymodal.classify import build_classifier
     from polymodal.train.config import config_from_dict
 
     o = config_from_dict(cfg_dict).optim
@@ -242,7 +242,7 @@ def plain_full(cfg_dict: dict, train_examples: list, y_train, test_examples: lis
 
     from polymodal.features import load_input
     from polymodal.fusion import ModalityFeatures
-    from polymodal.train import build_classifier
+    from polymodal.classify import build_classifier
     from polymodal.train.config import config_from_dict
 
     o = config_from_dict(cfg_dict).optim

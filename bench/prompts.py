@@ -49,7 +49,7 @@ def write_manifest(path: Path, rows: list[tuple[str, str, str]]) -> Path:
 
 def run_polymodal(cfg_dict: dict) -> dict:
     from polymodal.train.config import config_from_dict
-    from polymodal.train.loop import train
+    from polymodal.tasks import train
 
     t = time.perf_counter()
     out = train(config_from_dict(cfg_dict), progress=False)

@@ -67,7 +67,7 @@ def _train(work: Path, name: str, rows: list[tuple[str, str]], column: str, enco
     """A linear-probe run on ``rows`` of (cell, label), 80/20 train/val, 3 epochs."""
     import csv
 
-    from polymodal.train import train
+    from polymodal.tasks import train
     from polymodal.train.config import config_from_dict
 
     manifest = work / f"{name}.csv"
@@ -103,7 +103,7 @@ def _model_alone(run: Path, payloads: list[dict], n: int) -> tuple[float, float]
     from polymodal.serve import ServeConfig
     from polymodal.serve.inference import predict_batch, sample_rates
     from polymodal.serve.limits import RawInputs, decode_base64, decode_inputs
-    from polymodal.train import load_run
+    from polymodal.tasks import load_run
 
     torch.set_num_threads(THREADS)
     model = load_run(run)

@@ -19,12 +19,12 @@ from _train_data import write_dataset
 from polymodal.cli import main
 from polymodal.compress import OnnxClassifier, compress_run, export_onnx
 from polymodal.compress.export import PARITY_TOLERANCE, graph_inputs
-from polymodal.compress.measure import load_split
+from polymodal.classify import read_split
 from polymodal.compress.prune import prunable_weights
 from polymodal.compress.quantize import input_outlier_ratios
 from polymodal.errors import PolymodalError
-from polymodal.train import load_run, train
-from polymodal.train._compressed import is_int8_linear
+from polymodal.tasks import load_run, train
+from polymodal.classify._compressed import is_int8_linear
 from polymodal.train.config import config_from_dict
 
 QUICK = dict(min_seconds=0.01, batch_sizes=(1, 2), progress=False)  # timing is not under test
@@ -51,7 +51,7 @@ def runs(tmp_path_factory, tiny_model_dir):
 
 
 def _test_examples(run):
-    return load_split(run.config, run.labels, run.path).examples
+    return read_split(run.config, run.labels, run.path).examples
 
 
 def test_int8_run_loads_and_predicts_like_fp32(runs, tmp_path):
@@ -79,7 +79,7 @@ def test_int8_run_loads_and_predicts_like_fp32(runs, tmp_path):
 
 def test_int8_keeps_outlier_layers_fp32_and_reloads_them_so(runs, tmp_path):
     run = load_run(runs["linear_probe"])
-    val = load_split(run.config, run.labels, run.path, part="val")
+    val = read_split(run.config, run.labels, run.path, part="val")
     batch = val.inputs.batch(torch.arange(len(val.examples)), run.model, False, np.random.default_rng(0))
     ratios = input_outlier_ratios(run.model, "linear_probe", [batch])
     assert set(ratios) == {"head.mlp.0", "head.mlp.3"} and all(r >= 1 for r in ratios.values())
@@ -131,7 +131,7 @@ def test_onnx_matches_pytorch_at_batch_1_and_5(runs, exports, mode):
     spec = json.loads((exports[mode] / "export.json").read_text())
     assert spec["parity"]["max_abs_diff"] < PARITY_TOLERANCE
     run = load_run(runs[mode])
-    split = load_split(run.config, run.labels, run.path)
+    split = read_split(run.config, run.labels, run.path)
     clf = OnnxClassifier(exports[mode])
     for batch in (1, 5):
         inputs = {k: v.numpy() for k, v in graph_inputs(run, split, list(range(batch))).items()}

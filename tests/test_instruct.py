@@ -26,7 +26,7 @@ from polymodal.instruct.model import InstructRun, build_instruct_model, collate,
 from polymodal.instruct.projector import splice
 from polymodal.instruct.template import IGNORE_INDEX, encode_conversation, pack
 from polymodal.models import EncoderConfig
-from polymodal.train import train
+from polymodal.tasks import train
 from polymodal.train.config import DataConfig, InstructConfig, ModelConfig, OptimConfig, TrainConfig
 
 ANSWERS = ["cat", "dog", "airplane"]

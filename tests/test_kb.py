@@ -446,7 +446,7 @@ def test_images_are_embedded_by_an_aligned_run_and_join_the_hybrid_ranking(tmp_p
     from _train_data import write_dataset
 
     from polymodal.train.config import config_from_dict
-    from polymodal.train.loop import train
+    from polymodal.tasks import train
 
     clip = str(tiny_model_dir("clip"))
     run = train(config_from_dict({

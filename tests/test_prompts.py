@@ -17,8 +17,8 @@ from polymodal.models import EncoderConfig, build_encoder
 from polymodal.models.label_space import DeViSE, conse_embed, devise_loss, fit_devise, imagenet_class_names
 from polymodal.models.text import class_embeddings
 from polymodal.train.config import config_from_dict
-from polymodal.train.loop import train
-from polymodal.train.run import load_run
+from polymodal.tasks import train
+from polymodal.tasks import load_run
 from polymodal.tuning.prompts import PromptHead, PromptLearner, load_templates
 
 NAMES = {"r": "red", "g": "green", "b": "blue"}
@@ -193,8 +193,8 @@ def test_conse_with_the_bundled_models_names_a_photo(tmp_path):
     cfg = config_from_dict({"data": {"manifest": "-"}, "model": {"encoders": {"image": "efficientnet-lite0"}},
                             "tuning": {"mode": "zeroshot", "prompt": {"image_map": "conse"}}, "out_dir": str(run_dir)})
     from polymodal.data.manifest import Example
-    from polymodal.train.loop import build_classifier
-    from polymodal.train.run import Run
+    from polymodal.classify import build_classifier
+    from polymodal.classify import Run
 
     classes = ["cat", "dog", "rocket", "coffee mug", "horse"]
     model, _ = build_classifier(cfg, len(classes), live_encoders=True, labels=classes)
@@ -271,7 +271,7 @@ def test_align_pairs_any_two_modalities(tmp_path, tiny_model_dir):
 
 
 def test_lit_locks_the_image_tower(tmp_path, tiny_model_dir):
-    from polymodal.train.loop import build_classifier
+    from polymodal.classify import build_classifier
 
     clip = tiny_model_dir("clip")
     cfg = _align_cfg(tmp_path / "m.csv", clip, tmp_path / "lit", mode="lora", locked=["image"])

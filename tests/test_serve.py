@@ -26,7 +26,7 @@ from PIL import Image
 from _media import sine, write_png_header
 from _train_data import write_dataset
 from polymodal.serve import ServeConfig, create_app
-from polymodal.train import load_run, train
+from polymodal.tasks import load_run, train
 from polymodal.train.config import config_from_dict
 
 KEY = "test-key-123"
@@ -361,7 +361,7 @@ def test_schema_fuzzing_finds_no_server_error(server):
 SLOW_SERVER = """
 import sys, time
 from polymodal.serve import ServeConfig, serve
-from polymodal.train import load_run
+from polymodal.tasks import load_run
 
 run = load_run(sys.argv[1])
 forward = run.model.forward

@@ -25,7 +25,7 @@ from polymodal.speech import (
     transcribe_file,
     transcribe_files,
 )
-from polymodal.speech._ct2 import read_ct2_model
+from polymodal.models._ct2 import read_ct2_model
 from polymodal.speech.transcribe import NO_SPEECH_NOTE, chunk_spans
 from polymodal.speech.vad import Span, fixed_windows, merge_spans
 
@@ -524,7 +524,7 @@ def _asr_manifest(tmp_path: Path) -> Path:
 def test_asr_task_fine_tunes_whisper_in_the_training_loop(asr_model_dir, tmp_path, monkeypatch, mode, train_encoder):
     """full and LoRA tune the whole model; the decoder alone trains on encoder outputs computed once (cached)."""
     from polymodal.speech.asr_task import load_asr_run, read_transcripts
-    from polymodal.train import train
+    from polymodal.tasks import train
     from polymodal.train.config import config_from_dict
 
     model_dir = asr_model_dir
@@ -593,7 +593,7 @@ def test_asr_task_fine_tunes_whisper_in_the_training_loop(asr_model_dir, tmp_pat
 
 
 def test_asr_task_refuses_rows_without_transcripts(asr_model_dir, tmp_path):
-    from polymodal.train import train
+    from polymodal.tasks import train
     from polymodal.train.config import config_from_dict
 
     model_dir = asr_model_dir
@@ -608,12 +608,13 @@ def test_asr_task_refuses_rows_without_transcripts(asr_model_dir, tmp_path):
 
 
 def test_an_asr_run_serves_transcripts_at_v1_transcribe(asr_model_dir, tmp_path, monkeypatch):
-    """The tuned run answers /v1/transcribe as its own test decoding did; /v1/predict is not served (404)."""
+    """The tuned run answers /v1/transcribe, and ``load_run(RUN).predict`` transcribes, as its own test decoding did;
+    /v1/predict is not served (404)."""
     from fastapi.testclient import TestClient
 
     from polymodal.serve import ServeConfig, create_app
     from polymodal.speech.asr_task import read_transcripts
-    from polymodal.train import train
+    from polymodal.tasks import train
     from polymodal.train.config import config_from_dict
 
     monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
@@ -626,6 +627,12 @@ def test_an_asr_run_serves_transcripts_at_v1_transcribe(asr_model_dir, tmp_path,
     try:
         run = train(cfg, progress=False)
         expected = read_transcripts(run / "predictions.csv")["hypothesis"]
+        # the one inference path: the loaded run transcribes its test clips as its own test decoding did
+        from polymodal.tasks import load_run
+
+        loaded = load_run(run)
+        assert loaded.task == "asr" and [e.audio.name for e in loaded.test_split()] == ["a0.wav", "a1.wav"]
+        assert loaded.predict([tmp_path / "a0.wav", tmp_path / "a1.wav"]) == expected[:2]
         with TestClient(create_app(run, ServeConfig())) as client:
             _wait_until_ready(client)
             for i, clip in enumerate(("a0.wav", "a1.wav")):
@@ -665,7 +672,7 @@ def test_transcripts_become_the_text_column_cached_and_feed_a_fusion_run(shared_
     from polymodal.speech import engines
     from polymodal.speech.derive import transcribe_manifest
     from polymodal.speech.engines import PocketsphinxRecognizer
-    from polymodal.train import load_run, train
+    from polymodal.tasks import load_run, train
     from polymodal.train.config import config_from_dict
 
     monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))

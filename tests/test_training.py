@@ -14,7 +14,8 @@ from safetensors.torch import load_file
 from _train_data import write_dataset
 from polymodal.data import load_manifest
 from polymodal.errors import ConfigError
-from polymodal.train import NonFiniteLossError, load_run, train
+from polymodal.tasks import load_run, train
+from polymodal.train import NonFiniteLossError
 from polymodal.train.config import config_from_dict
 from polymodal.tuning import merge_lora
 

@@ -59,7 +59,8 @@ def run(args: argparse.Namespace) -> int:
     from ..data import load_manifest, require_clean
     from ..eval import report_run
     from ..models import EncoderConfig
-    from ..train import DataConfig, FusionConfig, ModelConfig, OptimConfig, TrainConfig, TuningConfig, train
+    from ..tasks import train
+    from ..train import DataConfig, FusionConfig, ModelConfig, OptimConfig, TrainConfig, TuningConfig
 
     out = args.out or cache_dir("demo") / f"digits-seed{args.seed}"
     print(f"1/5 dataset: scikit-learn digits -> {out}")

@@ -22,9 +22,18 @@ def run(args: argparse.Namespace) -> int:
     from ..data.image import IMAGE_EXTENSIONS
     from ..data.manifest import MANIFEST_SUFFIXES, Example, load_manifest
     from ..errors import PolymodalError
-    from ..train import load_run
+    from ..tasks import load_run
 
     run_ = load_run(args.run)
+    if run_.task == "asr":  # speech recognition: the transcript of each audio file
+        files = [p for p in args.inputs if p.suffix.lower() in AUDIO_EXTENSIONS]
+        if len(files) != len(args.inputs) or args.text or not files:
+            raise PolymodalError(f"{args.run} is an asr run: give audio files to transcribe")
+        for path, text in zip(files, run_.predict(files)):
+            print(f"{path}\t{text}")
+        return 0
+    if run_.task not in ("classify", "align"):
+        raise PolymodalError(f"{args.run} is an {run_.task} run; `polymodal generate` and `polymodal chat` use those")
     examples: list[Example] = []
     for path in args.inputs:
         ext = path.suffix.lower()

@@ -128,7 +128,8 @@ def run_init(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     import dataclasses as dc
 
-    from ..train import load_config, train
+    from ..tasks import train
+    from ..train import load_config
 
     cfg = load_config(args.config)
     if getattr(args, "task", None) == "align" and cfg.task != "align":

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     if args.manifest is not None:
         if args.inputs:
             raise PolymodalError("give either --manifest or image files, not both")
-        from ..train import train
+        from ..tasks import train
 
         out = train(_config(args, str(args.manifest.resolve())), progress=True)
         print(f"wrote {out}; `polymodal eval {out}` writes its report, `polymodal eval --compare {out} OTHER_RUN` "
@@ -69,8 +69,7 @@ def run(args: argparse.Namespace) -> int:
     for path in args.inputs:
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise PolymodalError(f"{path}: not an image file (by its extension)")
-    from ..train.loop import build_classifier
-    from ..train.run import Run
+    from ..classify import Run, build_classifier
 
     cfg = _config(args, "-")
     model, _ = build_classifier(cfg, len(classes), live_encoders=True, labels=classes)

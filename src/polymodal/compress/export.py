@@ -38,12 +38,11 @@ from PIL import Image
 from torch import nn
 
 from .._paths import atomic_dir
+from ..classify.run import Run, Split, load_run, read_split
 from ..errors import PolymodalError
 from ..features import load_input
 from ..fusion import ModalityFeatures
-from ..train.run import Run, load_run
 from ..tuning import merge_lora
-from .measure import EvalSplit, load_split
 from .runs import SUPPORTED_MODES
 
 ONNX_FILE = "model.onnx"
@@ -104,7 +103,7 @@ def _placeholder(modality: str, encoder: Any) -> Any:
     return np.zeros(int(getattr(encoder, "sample_rate", 16_000)), dtype=np.float32)
 
 
-def graph_inputs(run: Run, split: EvalSplit, idx: list[int]) -> dict[str, torch.Tensor]:
+def graph_inputs(run: Run, split: Split, idx: list[int]) -> dict[str, torch.Tensor]:
     """The named graph inputs for rows ``idx`` of the test split, in graph order (see the module docstring)."""
     model, cfg = run.model, run.config
     out: dict[str, torch.Tensor] = {}
@@ -196,7 +195,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, int8: boo
                              f"{cfg.compression.source} with --int8 (ONNX Runtime quantisation) instead")
     if cfg.tuning.mode == "lora":
         merge_lora(run.model)  # one plain graph, no adapter matmuls
-    split = load_split(cfg, run.labels, run_dir)
+    split = read_split(cfg, run.labels, run_dir)
     rows = list(range(min(parity_rows, len(split.examples))))
     inputs = graph_inputs(run, split, rows)
     names = list(inputs)

@@ -1,5 +1,8 @@
 """What compression is judged by, measured the same way for every variant: test accuracy, latency, size.
 
+The test split is the run's own, read by ``classify.read_split`` (the one inference path: a run trained on
+transcripts is scored on transcripts).
+
 Latency is the model's forward pass on inputs prepared beforehand (decoding, tokenising and resizing excluded:
 compression does not change them), per item, at a given batch size; the median over repeated calls after a
 warm-up. For a linear probe that is the head on cached features; with live encoders it includes the encoders.
@@ -10,60 +13,22 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..data import load_manifest, require_clean
-from ..data.manifest import Example
-from ..errors import PolymodalError
+from ..classify.predict import predict_split, scores
+from ..classify.run import Split
 from ..train.config import TrainConfig
-from ..train.data import FeatureTable, make_splits
-from ..train.loop import Inputs, predict_split, scores
 
 
-@dataclass
-class EvalSplit:
-    """A run's test split, as its config makes it, ready to batch."""
-
-    examples: list[Example]
-    targets: torch.Tensor  # (n,) class indices into the run's labels
-    inputs: Inputs  # cached features for a linear probe, raw examples otherwise
-
-
-def load_split(cfg: TrainConfig, labels: list[str], run_dir: Path, part: str = "test") -> EvalSplit:
-    """A split (``test``, or ``val`` for calibration) of the run configured by ``cfg``: same manifest, same seeded
-    split as training. A missing ``val`` split falls back to ``train``.
-
-    Raises:
-        PolymodalError: the run's manifest has no test rows, or a label the run never saw.
-    """
-    manifest = require_clean(load_manifest(cfg.data.manifest), skip_bad=cfg.data.skip_bad, progress=False)
-    splits = make_splits(manifest, cfg.data)
-    test = splits.test if part == "test" else (splits.val or splits.train)
-    if not test:
-        raise PolymodalError(f"{run_dir}: the manifest {cfg.data.manifest} gives no test rows to measure accuracy on; "
-                             "add a 'split' column with 'test' rows or set data.test_fraction > 0")
-    index = {label: i for i, label in enumerate(labels)}
-    unknown = sorted({e.label for e in test} - set(index))
-    if unknown:
-        raise PolymodalError(f"{run_dir}: test labels {unknown[:5]} are not in labels.json; the manifest changed "
-                             "since training")
-    targets = torch.tensor([index[e.label] for e in test])
-    sequence = cfg.model.fusion.kind == "cross_attention"
-    table = FeatureTable(test, cfg.model.encoders, sequence, progress=False) if cfg.tuning.mode == "linear_probe" else None
-    return EvalSplit(test, targets, Inputs(test, targets, table))
-
-
-def accuracy(model: torch.nn.Module, split: EvalSplit, cfg: TrainConfig, batch_size: int = 32) -> tuple[dict[str, float], torch.Tensor]:
+def accuracy(model: torch.nn.Module, split: Split, cfg: TrainConfig, batch_size: int = 32) -> tuple[dict[str, float], torch.Tensor]:
     """(scores, probabilities (n, classes)) of ``model`` on the test split."""
     probs = predict_split(model, split.inputs, batch_size, torch.device("cpu"), cfg)
     return scores(split.targets, probs), probs
 
 
-def prepared_batch(model: torch.nn.Module, split: EvalSplit, batch_size: int):
+def prepared_batch(model: torch.nn.Module, split: Split, batch_size: int):
     """A batch of ``batch_size`` test items (cycling through the split when it is smaller), prepared for ``model``."""
     idx = torch.arange(batch_size) % len(split.examples)
     return split.inputs.batch(idx, model, train=False, rng=np.random.default_rng(0))

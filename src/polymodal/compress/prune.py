@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from ..train._compressed import owned_modules
+from ..classify._compressed import owned_modules
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d)
 

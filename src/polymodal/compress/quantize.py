@@ -23,7 +23,7 @@ from collections.abc import Collection, Iterable
 import torch
 from torch import nn
 
-from ..train._compressed import is_int8_linear, owned_modules, quantize_linear_layers, within
+from ..classify._compressed import is_int8_linear, owned_modules, quantize_linear_layers, within
 
 
 def input_outlier_ratios(model: nn.Module, mode: str, batches: Iterable[object]) -> dict[str, float]:

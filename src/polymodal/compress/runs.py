@@ -10,9 +10,7 @@ source config plus a ``compression`` section, so ``load_run`` rebuilds the INT8 
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
-import io
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +20,16 @@ import numpy as np
 import torch
 from safetensors.torch import save as save_safetensors
 
+from .. import run_folder
 from .._paths import atomic_dir
+from ..classify._compressed import compressed_state
+from ..classify.results import write_predictions
+from ..classify.run import Run, load_run, read_split
 from ..errors import PolymodalError
 from ..train import checkpoint as ckpt
-from ..train._compressed import compressed_state
 from ..train.config import CompressionConfig, save_config
-from ..train.run import Run, load_run
 from ..tuning import merge_lora
-from .measure import EvalSplit, accuracy, compare_latency, load_split, prepared_batch, torch_forward
+from .measure import accuracy, compare_latency, prepared_batch, torch_forward
 from .prune import PruneResult, prune_magnitude
 from .quantize import input_outlier_ratios, quantize_int8
 
@@ -104,7 +104,7 @@ def compress_run(run_dir: str | Path, *, int8: bool = False, prune: float = 0.0,
     pruned = prune_magnitude(model, mode, prune) if prune else None
     keep: list[str] = []
     if int8 and outlier_ratio is not None:
-        calib = load_split(source.config, source.labels, run_dir, part="val")
+        calib = read_split(source.config, source.labels, run_dir, part="val")
         rng = np.random.default_rng(0)
         n = min(len(calib.examples), CALIBRATION_ROWS)
         batches = [calib.inputs.batch(torch.arange(i, min(i + 32, n)), model, False, rng) for i in range(0, n, 32)]
@@ -118,20 +118,21 @@ def compress_run(run_dir: str | Path, *, int8: bool = False, prune: float = 0.0,
         data=dataclasses.replace(source.config.data, manifest=str(Path(source.config.data.manifest).resolve())),
         compression=CompressionConfig(source=str(run_dir.resolve()), int8=int8, prune=float(prune), fp32_layers=tuple(keep)))
     with atomic_dir(out) as tmp:
-        save_config(cfg, tmp / "config.yaml")
-        ckpt.write_json(tmp / "labels.json", source.labels)
+        run_folder.write_meta(tmp, cfg.task)
+        save_config(cfg, tmp / run_folder.CONFIG)
+        ckpt.write_json(tmp / run_folder.LABELS, source.labels)
         ckpt.save_weights(tmp / ckpt.WEIGHTS, compressed_state(model, mode),
                           {"compressed_from": str(run_dir.resolve()), "int8": str(int8), "prune": str(prune)})
-        if (run_dir / "log.csv").exists():  # the training history of these weights, for `polymodal eval` curves
-            shutil.copy(run_dir / "log.csv", tmp / "log.csv")
+        if (run_dir / run_folder.LOG).exists():  # the training history of these weights, for `polymodal eval` curves
+            shutil.copy(run_dir / run_folder.LOG, tmp / run_folder.LOG)
     del model
     compressed = load_run(out)  # measure what a user loads, not the in-memory copy
 
     say(f"measuring on the test split of {run_dir} ...")
-    split = load_split(source.config, source.labels, run_dir)
+    split = read_split(source.config, source.labels, run_dir)
     before, _ = accuracy(source.model, split, source.config)
     after, probs = accuracy(compressed.model, split, compressed.config)
-    _write_predictions(out / "predictions.csv", split, probs, source.labels)
+    write_predictions(out / run_folder.PREDICTIONS, split.inputs, probs, source.labels)
     latency: dict[str, dict[int, float]] = {"before": {}, "after": {}}
     for b in batch_sizes:
         times = compare_latency({"before": torch_forward(source.model, prepared_batch(source.model, split, b)),
@@ -210,13 +211,3 @@ def render(info: dict[str, Any]) -> str:
         lines.append(f"| {r['model']} | {size} | " + " | ".join(lat) + f" | {acc} |")
     lines += ["", *[f"- {n}" for n in info["notes"]], ""]
     return "\n".join(lines)
-
-
-def _write_predictions(path: Path, split: EvalSplit, probs: torch.Tensor, labels: list[str]) -> None:
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["row", "label", "prediction", *[f"p_{label}" for label in labels]])
-    for ex, p, row in zip(split.examples, probs.argmax(-1).tolist(), probs.tolist()):
-        w.writerow([ex.row, ex.label, labels[p], *[f"{x:.6f}" for x in row]])
-    path.write_text(buf.getvalue())
-

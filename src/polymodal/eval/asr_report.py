@@ -22,13 +22,6 @@ PREDICTIONS_FILE = "predictions.csv"  # the test clips decoded by the tuned mode
 BEFORE_FILE = "before.csv"  # the same clips decoded by the untuned model
 
 
-def is_asr_run(run_dir: str | Path) -> bool:
-    import yaml
-
-    config = Path(run_dir) / "config.yaml"
-    return config.exists() and (yaml.safe_load(config.read_text()) or {}).get("task") == "asr"
-
-
 def read_transcripts(path: Path) -> dict[str, list[str]]:
     """An asr run's predictions.csv or before.csv as columns."""
     if not path.exists():

@@ -123,16 +123,6 @@ def read_predictions(path: str | Path) -> list[ScoredAnswer]:
                              r["exact_match"] == "1") for r in csv.DictReader(f)]
 
 
-def is_generation_run(run_dir: str | Path) -> bool:
-    """Whether a run folder's predictions are generated answers (an instruct run) rather than class indices."""
-    path = Path(run_dir) / "predictions.csv"
-    if not path.is_file():
-        return False
-    with open(path, newline="") as f:
-        header = next(csv.reader(f), [])
-    return "answer" in header and "correct" in header
-
-
 def _pct(x: float) -> str:
     return f"{100 * x:.1f}"
 

@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import PolymodalError
+from ..run_folder import run_task
 from .ablation import ALL_MODALITIES
-from .asr_report import compare_asr_runs, is_asr_run, report_asr_run
+from .asr_report import compare_asr_runs, report_asr_run
 from .bootstrap import paired_bootstrap
-from .generation import compare_generation_runs, is_generation_run, report_generation_run
+from .generation import compare_generation_runs, report_generation_run
 from .metrics import ClassificationMetrics, classification_metrics
 from .report import write_comparison, write_report, write_retrieval_report
 
@@ -39,12 +40,13 @@ def run_metrics(run_dir: str | Path) -> ClassificationMetrics:
 def report_run(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[Path, Path]:
     """Write ``report.md`` / ``report.html`` with plots for a finished run (default: into ``RUN/report``)."""
     run_dir = Path(run_dir)
-    if is_generation_run(run_dir):  # an instruct run: generated answers, scored per task
+    task = run_task(run_dir)
+    if task == "instruct":  # generated answers, scored per task
         return report_generation_run(run_dir, out_dir)
-    if is_asr_run(run_dir):  # speech recognition: WER before and after tuning
+    if task == "asr":  # speech recognition: WER before and after tuning
         return report_asr_run(run_dir, out_dir)
     info = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").exists() else {}
-    if "mean_r@1" in info.get("test", {}):  # an align run: retrieval, not classification
+    if task == "align":  # retrieval, not classification
         import yaml
 
         modalities = tuple(yaml.safe_load((run_dir / "config.yaml").read_text())["model"]["encoders"])
@@ -78,9 +80,12 @@ def compare_runs(run_a: str | Path, run_b: str | Path, out_dir: str | Path, n_re
         PolymodalError: the runs were not tested on the same rows or labels.
     """
     run_a, run_b = Path(run_a), Path(run_b)
-    if is_generation_run(run_a) and is_generation_run(run_b):
+    task_a, task_b = run_task(run_a), run_task(run_b)
+    if task_a != task_b:
+        raise PolymodalError(f"{run_a} is a {task_a} run and {run_b} a {task_b} run; compare two runs of one task")
+    if task_a == "instruct":
         return compare_generation_runs(run_a, run_b, out_dir, n_resamples=n_resamples, seed=seed)
-    if is_asr_run(run_a) and is_asr_run(run_b):
+    if task_a == "asr":
         return compare_asr_runs(run_a, run_b, out_dir, n_resamples=n_resamples, seed=seed)
     rows_a, labels_a, y_a, pred_a = _read_predictions(run_a)
     rows_b, labels_b, y_b, pred_b = _read_predictions(run_b)

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .. import run_folder
 from .._paths import atomic_write_text
 from ..eval.generation import score_answers, summarise, write_predictions
 from .data import PLACEHOLDERS, Conversation, Turn, read_conversations
@@ -67,7 +68,8 @@ def evaluate_conversations(model: str | Path | InstructRun, data: str | Path, ou
     scored = score_answers([c.line for c in items], [c.task or "all" for c in items], [c.answer for c in items], answers)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_predictions(out / "predictions.csv", scored)
+    run_folder.write_meta(out, "instruct")
+    write_predictions(out / run_folder.PREDICTIONS, scored)
     metrics = {"task": "instruct", "model": str(model) if not isinstance(model, InstructRun) else "loaded",
                "data": str(Path(data).resolve()), "split": split, "n_test": len(items),
                "caption_free": list(missing), "test": summarise(scored), "test_seconds": round(seconds, 2)}

@@ -82,6 +82,8 @@ class InstructTask:
 
     metric = "exact_match"
     higher_is_better = True
+    trains = True
+    log_fields = ("loss", "accuracy", "exact_match")
 
     def __init__(self, cfg, *, progress: bool = True):
         from .lm import load_causal_lm
@@ -113,6 +115,7 @@ class InstructTask:
         self.rows = pack([self.encoded[c.line] for c in self.train], self.icfg.max_tokens) if self.icfg.packing \
             else [[i] for i in range(len(self.train))]
         self.n_train = len(self.rows)
+        self.summary = f"instruct ({cfg.instruct.stage})"
         self.ddp_find_unused = bool(self.model.projectors)  # a batch without images leaves that projector unused
         val_rng = np.random.default_rng(cfg.data.seed)
         pick = sorted(val_rng.permutation(len(self.val))[: self.icfg.val_items].tolist())

@@ -182,7 +182,7 @@ def _embed_pending(store: ChunkStore, encoder: _LazyEncoder, batch_size: int, pr
 
 def _embed_images(store: ChunkStore, config: KBConfig, batch_size: int, report: BuildReport) -> None:
     from ..data.manifest import Example
-    from ..train.run import load_run
+    from ..classify.run import load_run
 
     pending = [(cid, image) for cid, _, image in store.pending("image_vector", kind="image")
                if image and Path(image).is_file()]

@@ -150,7 +150,7 @@ class KnowledgeBase:
             return [[] for _ in questions]
         if self._image is None:
             from ..data.manifest import Example
-            from ..train.run import load_run
+            from ..classify.run import load_run
 
             run = load_run(self.config.image_run)
             index = dense_index(self.folder, self.config, int(self.store.get_meta("image_dim") or 0), image=True)

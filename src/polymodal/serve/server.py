@@ -29,7 +29,7 @@ from typing import Any
 import uvicorn
 
 from ..errors import ConfigError
-from ..train.run import Run
+from ..classify.run import Run
 from ._metrics import MULTIPROC_ENV
 from .app import Service, create_app
 from .config import ServeConfig

@@ -70,10 +70,14 @@ class AsrTask:
 
     metric = "wer"
     higher_is_better = False
+    trains = True
+    log_fields = ("wer", "cer")
+    ddp_find_unused = False
 
     def __init__(self, cfg: TrainConfig, *, progress: bool = True):
         a = cfg.asr
         self.cfg, self.progress = cfg, progress
+        self.summary = f"asr ({cfg.tuning.mode})"
         manifest = load_manifest(cfg.data.manifest)
         for name, column in (("audio_column", a.audio_column), ("text_column", a.text_column)):
             if column not in manifest.columns:

@@ -69,7 +69,6 @@ def transcribe_examples(examples: list[Example], model: str = "whisper-base", pr
     Args:
         model: a recogniser model reference (``whisper-base``, a Whisper folder or hub id), or ``pocketsphinx``.
     """
-    from .engines import build_recognizer
     from .transcribe import transcribe_waves
 
     engine = _engine(model)
@@ -80,7 +79,7 @@ def transcribe_examples(examples: list[Example], model: str = "whisper-base", pr
         known = cache.get(sorted(set(keys.values())))
         todo = {k: e for e in with_audio if (k := keys[e.row]) not in known}
         if todo:
-            recognizer = build_recognizer(model if engine != "pocketsphinx" else "whisper-base", engine=engine)
+            recognizer = recognizer_for(model)
             items = list(todo.items())
             for i in tqdm(range(0, len(items), BATCH), desc=f"transcribing ({model})", unit="batch",
                           disable=not progress, leave=False):
@@ -92,6 +91,32 @@ def transcribe_examples(examples: list[Example], model: str = "whisper-base", pr
     finally:
         cache.close()
     return [_with_text(e, known[keys[e.row]]) if e.row in keys else e for e in examples]
+
+
+def recognizer_for(model: str):
+    """The recogniser ``data.transcribe: MODEL`` names (load it once and pass it to ``transcribe_items``)."""
+    from .engines import build_recognizer
+
+    engine = _engine(model)
+    return build_recognizer(model if engine != "pocketsphinx" else "whisper-base", engine=engine)
+
+
+def transcribe_items(items: list[dict], recognizer, sample_rate: int = 16_000) -> list[dict]:
+    """Copies of decoded inputs (modality -> str / image / waveform at ``sample_rate``) whose text is the transcript
+    of their audio, as ``transcribe_examples`` does for manifest rows; items without audio are unchanged."""
+    from ..data.audio import resample
+    from .transcribe import transcribe_waves
+
+    idx = [i for i, it in enumerate(items) if it.get("audio") is not None]
+    waves = [items[i]["audio"] if sample_rate == 16_000 else resample(items[i]["audio"], sample_rate, 16_000) for i in idx]
+    out = [dict(it) for it in items]
+    for i, segments in zip(idx, transcribe_waves(waves, recognizer) if waves else []):
+        text = " ".join(s.text for s in segments)
+        if text:
+            out[i]["text"] = text
+        else:  # as an empty text cell of a manifest row: no text input
+            out[i].pop("text", None)
+    return out
 
 
 def _with_text(e: Example, text: str) -> Example:

@@ -96,7 +96,7 @@ def load_hf_whisper(model_dir: str | os.PathLike):
 
     model_dir = Path(model_dir)
     if _is_ct2_dir(model_dir) and not _is_hf_whisper_dir(model_dir):
-        from .convert import convert_ct2_whisper
+        from ..models.whisper_convert import convert_ct2_whisper
 
         model_dir = convert_ct2_whisper(model_dir)
     if not _is_hf_whisper_dir(model_dir):
@@ -180,6 +180,9 @@ class PocketsphinxRecognizer:
         texts = []
         for wave in waves:
             pcm = (np.clip(np.asarray(wave, dtype=np.float32), -1.0, 1.0) * 32767).astype("<i2").tobytes()
+            # The feature front end adapts its normalisation across utterances; reset it so that a clip's transcript
+            # does not depend on which clips this decoder heard before (the cache, a batch and the service agree).
+            self.decoder.reinit_feat()
             self.decoder.start_utt()
             self.decoder.process_raw(pcm, full_utt=True)
             self.decoder.end_utt()

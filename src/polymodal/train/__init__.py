@@ -1,8 +1,12 @@
-"""Training: the run config, the one training loop, checkpoints and resume."""
+"""Training: the run config, the one training loop (which knows no task), checkpoints and resume.
+
+The tasks (``classify``/``align``, ``asr``, ``instruct``) live above this package and are composed in
+``polymodal.tasks``, whose ``train(cfg)`` and ``load_run(path)`` are the entry points.
+"""
 
 from .config import DataConfig, FusionConfig, ModelConfig, OptimConfig, TrainConfig, TuningConfig, load_config, save_config
-from .loop import NonFiniteLossError, build_classifier, train
-from .run import Run, load_run
+from .loop import NonFiniteLossError, run_loop
+from .task import Task
 
-__all__ = ["DataConfig", "FusionConfig", "ModelConfig", "NonFiniteLossError", "OptimConfig", "Run", "TrainConfig",
-           "TuningConfig", "build_classifier", "load_config", "load_run", "save_config", "train"]
+__all__ = ["DataConfig", "FusionConfig", "ModelConfig", "NonFiniteLossError", "OptimConfig", "Task", "TrainConfig",
+           "TuningConfig", "load_config", "run_loop", "save_config"]

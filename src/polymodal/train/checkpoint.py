@@ -1,13 +1,5 @@
-"""Run folders and checkpoints. Every write is atomic: a crash leaves the previous checkpoint intact.
-
-RUN/
-  config.yaml          the TrainConfig (rebuild the model from it, never from tensor shapes)
-  labels.json          class index -> label
-  model.safetensors    the best weights: head (+ encoders for full tuning, + adapters only for LoRA)
-  log.csv              one row per optimiser step and per validation
-  checkpoint/          the latest resumable state: weights, optimiser, scheduler, RNG, position in the data
-  metrics.json, predictions.csv   test-set results of the best weights
-"""
+"""Weights and checkpoints in a run folder (its layout: ``polymodal.run_folder``). Every write is atomic: a crash
+leaves the previous checkpoint intact."""
 
 from __future__ import annotations
 
@@ -24,8 +16,7 @@ from safetensors.torch import load_file, save
 
 from .._paths import atomic_dir, atomic_write_bytes, atomic_write_text
 
-CHECKPOINT_DIR = "checkpoint"
-WEIGHTS = "model.safetensors"
+from ..run_folder import CHECKPOINT_DIR, WEIGHTS  # noqa: F401 - the names a run's weights and checkpoint go by
 
 
 def weights_to_save(model: torch.nn.Module, mode: str) -> dict[str, torch.Tensor]:

@@ -16,6 +16,7 @@ from ..models import EncoderConfig
 
 TUNING_MODES = ("linear_probe", "full", "lora", "zeroshot", "coop")
 PROMPT_MODES = ("zeroshot", "coop")  # the input-changing family: a frozen text tower classifies by prompts
+CACHED_MODES = ("linear_probe", *PROMPT_MODES)  # frozen encoders: features are encoded once into the cache
 FUSION_KINDS = ("early", "gated", "cross_attention", "late")
 METRICS = ("accuracy", "macro_f1")
 TASKS = ("classify", "align", "asr", "instruct")

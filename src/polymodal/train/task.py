@@ -5,8 +5,8 @@ language model that follows instructions) differ in their model, batches, loss a
 the optimiser, schedule, gradient accumulation and clipping, mixed precision, checkpoints and exact resume, logs,
 validation, keeping the best weights, early stopping and DDP are the loop's (``loop.run_loop``), written once.
 
-A task module exposes ``build(cfg, *, progress) -> Task``; ``TASKS`` below names it, so the loop imports the
-heavy modules (speech, language models) only for runs that use them.
+A task module exposes ``build(cfg, *, progress) -> Task``; the loop is handed that builder by the layer that
+composes the tasks (``polymodal.tasks``), so it names none of them.
 """
 
 from __future__ import annotations
@@ -18,18 +18,15 @@ import numpy as np
 import torch
 from torch import nn
 
-# task name -> "module:function" that builds it (for tasks that live outside train/)
-TASK_BUILDERS = {
-    "asr": "polymodal.speech.asr_task:build",
-    "instruct": "polymodal.instruct.task:build",
-}
-
-
 class Task(Protocol):
     model: nn.Module  # what the optimiser trains; the loop moves it to the device and wraps it in DDP
     metric: str  # validation metric that picks the best weights, e.g. "accuracy", "wer", "exact_match"
     higher_is_better: bool
     n_train: int  # training examples; the loop draws seeded index batches from range(n_train)
+    trains: bool  # False: nothing to optimise (zero-shot); the loop saves weights() and calls finish() at once
+    log_fields: tuple[str, ...]  # validation scores (keys of validate()) that log.csv records as val_<name>
+    ddp_find_unused: bool  # DDP: some parameters may get no gradient in a step (e.g. a modality absent from a batch)
+    summary: str  # how the console names the run's kind of training, e.g. "lora", "asr (full)"
 
     def param_groups(self) -> list[dict]:
         """AdamW parameter groups, each with its own "lr" (e.g. head at optim.lr, encoders at optim.encoder_lr)."""

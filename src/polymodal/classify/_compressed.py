@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from .config import TrainConfig
+from ..train.config import TrainConfig
 
 INT8_SUFFIXES = (".weight_int8", ".weight_scale", ".weight_zero_point")
 FUSED_LAYERS = (nn.TransformerEncoderLayer, nn.TransformerDecoderLayer, nn.MultiheadAttention)

@@ -24,7 +24,7 @@ _CHUNK_BYTES = 16 << 20
 
 
 def _part_files() -> list[Path]:
-    from ..models._resolver import package_dir
+    from ._resolver import package_dir
 
     parts = []
     for i, module in enumerate(PART_MODULES, start=1):
@@ -71,6 +71,6 @@ def whisper_base_ct2_dir() -> Path:
 
 def whisper_base_hf_dir() -> Path:
     """The bundled Whisper base as a transformers folder, converted on first call and cached."""
-    from .convert import convert_ct2_whisper
+    from .whisper_convert import convert_ct2_whisper
 
     return convert_ct2_whisper(whisper_base_ct2_dir())

@@ -9,7 +9,7 @@ from torch import nn
 from ..errors import ConfigError
 from ..models import BUNDLED, EncoderConfig, build_encoder, encoder_key
 from ..tuning.prompts import PromptHead, PromptLearner, class_names_from_labels, load_templates
-from .config import TrainConfig
+from ..train.config import TrainConfig
 
 LABEL_SPACE_TEXT = "minilm"  # the bundled sentence encoder whose space ConSE / DeViSE map images into
 CONSE_IMAGE_ENCODERS = ("efficientnet-lite0",)  # bundled image encoders with an ImageNet classifier layer

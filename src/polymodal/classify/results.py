@@ -1,0 +1,57 @@
+"""What a finished ``classify`` / ``align`` run writes about its test split: metrics.json (scores, per-modality
+ablation, gate and late-fusion weights) and predictions.csv."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import torch
+
+from .._paths import atomic_write_text
+from ..train import checkpoint as ckpt
+from ..train.config import TrainConfig
+from ..train.data import Splits
+from ..train.loop import parameter_counts
+from .predict import Inputs, alignment_scores, predict_split, scores
+
+
+def write_results(run_dir: Path, cfg: TrainConfig, model, splits: Splits, test_in: Inputs, device, seconds: float) -> None:
+    counts = parameter_counts(model)
+    result = {"parameters": counts, "train_seconds": round(seconds, 2), "labels": splits.labels,
+              "n_train": len(splits.train), "n_val": len(splits.val), "n_test": len(splits.test)}
+    if cfg.task == "align":
+        if test_in.examples:
+            result["test"] = alignment_scores(model, test_in, cfg.optim.batch_size, device, cfg)
+            a, b = cfg.model.encoders
+            print(f"test: recall@1 {a}->{b} {result['test'][f'{a}_to_{b}_r@1']:.4f}, {b}->{a} "
+                  f"{result['test'][f'{b}_to_{a}_r@1']:.4f} ({len(splits.test)} pairs)")
+        result["logit_scale"] = float(model.head.logit_scale().detach())
+        ckpt.write_json(run_dir / "metrics.json", result)
+        return
+    gates: list[torch.Tensor] = []
+    if test_in.examples:
+        probs = predict_split(model, test_in, cfg.optim.batch_size, device, cfg, gates=gates)
+        result["test"] = scores(test_in.targets, probs)
+        write_predictions(run_dir / "predictions.csv", test_in, probs, splits.labels)
+        if len(cfg.model.encoders) > 1:
+            result["ablation"] = {m: scores(test_in.targets, predict_split(model, test_in, cfg.optim.batch_size, device, cfg, drop=m))
+                                  for m in cfg.model.encoders}
+        print(f"test: accuracy {result['test']['accuracy']:.4f}, macro-F1 {result['test']['macro_f1']:.4f} "
+              f"({len(splits.test)} examples)")
+    if gates:  # mean gate weight per modality over the test set (gated fusion)
+        result["gates"] = dict(zip(model.head.modalities, torch.cat(gates).mean(0).tolist()))
+    if hasattr(model.head, "modality_weights"):
+        result["late_weights"] = model.head.modality_weights()
+    ckpt.write_json(run_dir / "metrics.json", result)
+
+
+def write_predictions(path: Path, inputs: Inputs, probs: torch.Tensor, labels: list[str]) -> None:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["row", "label", "prediction", *[f"p_{label}" for label in labels]])
+    pred = probs.argmax(-1).tolist()
+    for ex, p, row in zip(inputs.examples, pred, probs.tolist()):
+        w.writerow([ex.row, ex.label, labels[p], *[f"{x:.6f}" for x in row]])
+    atomic_write_text(path, buf.getvalue())
