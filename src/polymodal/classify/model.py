@@ -100,7 +100,7 @@ def build_classifier(cfg: TrainConfig, num_classes: int, dims: dict[str, int] | 
     if mode == "lora":
         for enc in model.encoders.values():
             t = cfg.tuning
-            apply_lora(enc, r=t.lora_r, alpha=t.lora_alpha, dropout=t.lora_dropout, targets=t.lora_targets)
+            apply_lora(enc, **t.lora.kwargs(), where="tuning.lora")
     return model, parameter_counts(model)
 
 
@@ -116,7 +116,7 @@ def _build_aligner(cfg: TrainConfig, encoders: dict | None, dims: dict[str, int]
         if m in a.locked or t.mode == "linear_probe":
             enc.requires_grad_(False)
         elif t.mode == "lora":
-            apply_lora(enc, r=t.lora_r, alpha=t.lora_alpha, dropout=t.lora_dropout, targets=t.lora_targets)
+            apply_lora(enc, **t.lora.kwargs(), where="tuning.lora")
     return model, parameter_counts(model)
 
 

@@ -33,16 +33,24 @@ def run(args: argparse.Namespace) -> int:
     from ..compress.export import PARITY_TOLERANCE, export_onnx
     from ..errors import PolymodalError
 
-    if args.ct2 or args.hf:
+    from ..run_folder import run_task
+
+    task = run_task(args.run)
+    if task == "asr":
+        if args.onnx:
+            raise PolymodalError(f"{args.run} is an asr run: export it with --ct2 (faster-whisper) or --hf (transformers)")
         from ..speech.export import export_asr_run
 
-        out = export_asr_run(args.run, args.out, fmt="ct2" if args.ct2 else "hf", quantization=args.quantization,
+        out = export_asr_run(args.run, args.out, fmt="hf" if args.hf else "ct2", quantization=args.quantization,
                              force=args.force)
         print(f"wrote {out}; transcribe with: polymodal transcribe --model {out}"
-              + ("" if args.ct2 else " --engine transformers") + " FILES")
+              + ("" if not args.hf else " --engine transformers") + " FILES")
         return 0
-    if not args.onnx:
-        raise PolymodalError("choose a format: --onnx (classifiers), --ct2 or --hf (asr runs)")
+    if task == "instruct":
+        raise PolymodalError(f"{args.run} is an instruct run; it is used as it is by `polymodal generate` and "
+                             "`polymodal chat` (no export format yet)")
+    if args.ct2 or args.hf:
+        raise PolymodalError(f"{args.run} is a {task} run: --ct2 and --hf are for asr runs; use --onnx")
     result = export_onnx(args.run, args.out, int8=args.int8, force=args.force, parity_rows=args.rows)
     print(f"parity on {result.rows} test rows: max abs difference of probabilities {result.max_abs_diff:.2e} "
           f"(ONNX Runtime vs PyTorch; tolerance {PARITY_TOLERANCE:g})")

@@ -4,9 +4,29 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from ..errors import PolymodalError
+
+# Top-level modules of the optional dependencies -> the extra (pyproject.toml) that installs them.
+EXTRAS = {
+    "faster_whisper": "speech", "ctranslate2": "speech", "silero_vad": "speech", "pocketsphinx": "speech",
+    "jiwer": "speech", "av": "speech",
+    "gguf": "instruct",
+    "fastapi": "serve", "uvicorn": "serve", "starlette": "serve", "multipart": "serve", "python_multipart": "serve",
+    "prometheus_client": "serve", "httptools": "serve", "uvloop": "serve",
+    "faiss": "kb", "bm25s": "kb", "Stemmer": "kb", "psycopg": "kb", "pgserver": "kb",
+    "onnx": "export", "onnxscript": "export", "onnxruntime": "export",
+}
+
+
+def missing_extra(e: ModuleNotFoundError) -> str | None:
+    """The one-line fix for a missing optional dependency, or None when the module is not one of them."""
+    extra = EXTRAS.get((e.name or "").partition(".")[0])
+    if extra is None:
+        return None
+    return f"this needs the optional dependency {e.name!r}: pip install 'polymodal[{extra}]'"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,6 +55,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.verbose:
             raise
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError) as e:
+        if args.verbose or not e.filename:
+            raise
+        print(f"error: {e.filename}: {e.strerror}; check the path (relative to {os.getcwd()})", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        fix = missing_extra(e)
+        if fix is None or args.verbose:
+            raise
+        print(f"error: polymodal {args.command}: {fix}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted; finished work is kept (caches and checkpoints are written atomically), rerun to resume",

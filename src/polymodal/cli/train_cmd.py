@@ -11,15 +11,17 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..train.config import FUSION_KINDS, TASKS, TUNING_MODES
+
     init = sub.add_parser("init", help="write a commented starter training config for a manifest",
                           description="Look at a manifest's columns and write a training config that uses the "
                                       "bundled default encoder for each modality it has. Every field is commented.")
     init.add_argument("manifest", type=Path, help="manifest file or dataset folder")
     init.add_argument("--out", type=Path, default=Path("config.yaml"), help="config file to write (default config.yaml)")
-    init.add_argument("--fusion", default="early", choices=("early", "gated", "cross_attention", "late"))
-    init.add_argument("--mode", default="linear_probe", choices=("linear_probe", "full", "lora", "zeroshot", "coop"),
+    init.add_argument("--fusion", default="early", choices=FUSION_KINDS)
+    init.add_argument("--mode", default="linear_probe", choices=TUNING_MODES,
                       help="tuning mode (zeroshot and coop: classify images by prompts, see tuning.prompt)")
-    init.add_argument("--task", default="classify", choices=("classify", "align", "asr"),
+    init.add_argument("--task", default="classify", choices=tuple(t for t in TASKS if t != "instruct"),
                       help="align: contrastive alignment of the manifest's two modalities (no labels needed); asr: "
                            "fine-tune Whisper on the audio and text columns (mode lora unless --mode full)")
     init.add_argument("--force", action="store_true", help="overwrite an existing config")
@@ -29,6 +31,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                            description="Train the run a config describes. Checkpoints are atomic; --resume continues "
                                        "an interrupted run exactly. Works under torchrun (DistributedDataParallel).")
     train.add_argument("config", type=Path, help="YAML config (see `polymodal init`)")
+    train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                       help="config fields to change for this run, e.g. tuning.mode=lora optim.lr=5e-4 (typed and "
+                            "checked like the file)")
     train.add_argument("--resume", action="store_true", help="continue the run in the config's out_dir")
     train.add_argument("--out-dir", help="override the config's out_dir")
     train.set_defaults(func=run_train)
@@ -39,6 +44,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "InfoNCE loss and a learned temperature. Reports retrieval Recall@1/5/10 both ways. "
                                        "The config is a training config with task: align (`polymodal init --task align`).")
     align.add_argument("config", type=Path, help="YAML config with two model.encoders (see `polymodal init --task align`)")
+    align.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config fields to change for this run")
     align.add_argument("--resume", action="store_true", help="continue the run in the config's out_dir")
     align.add_argument("--out-dir", help="override the config's out_dir")
     align.set_defaults(func=run_train, task="align")
@@ -54,18 +60,21 @@ def _field_comments(cls) -> dict[str, str]:
     return comments
 
 
-def _yaml_block(obj, indent: int = 0) -> list[str]:
+def _yaml_block(obj, indent: int = 0, skip: frozenset[str] = frozenset(), prefix: str = "") -> list[str]:
+    """Commented YAML of a config dataclass, without the dotted fields in ``skip`` (sections its task never reads)."""
     import yaml
 
     pad = " " * indent
     lines = []
     comments = _field_comments(type(obj))
     for f in dataclasses.fields(obj):
+        if prefix + f.name in skip:
+            continue
         value = getattr(obj, f.name)
         note = f"  # {comments[f.name]}" if f.name in comments else ""
         if dataclasses.is_dataclass(value):
             lines.append(f"{pad}{f.name}:{note}")
-            lines += _yaml_block(value, indent + 2)
+            lines += _yaml_block(value, indent + 2, skip, f"{prefix}{f.name}.")
         elif isinstance(value, dict) and value:
             lines.append(f"{pad}{f.name}:{note}")
             for k, v in value.items():
@@ -116,7 +125,7 @@ def run_init(args: argparse.Namespace) -> int:
     text = "\n".join([
         f"# polymodal training config for {args.manifest} ({len(manifest.examples)} rows, "
         f"modalities: {', '.join(manifest.modalities)}). Edit, then: polymodal train {args.out}",
-        *_yaml_block(cfg), ""])
+        *_yaml_block(cfg, skip=frozenset(cfg.unused())), ""])
     import yaml
 
     config_from_dict(yaml.safe_load(text))  # what we write must load back
@@ -131,7 +140,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..tasks import train
     from ..train import load_config
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, args.overrides)
     if getattr(args, "task", None) == "align" and cfg.task != "align":
         from ..errors import ConfigError
 

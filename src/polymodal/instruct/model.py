@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..errors import ConfigError, PolymodalError
+from ..errors import PolymodalError
 from .projector import Projector, group_pool, splice
 from .template import IGNORE_INDEX, Encoded
 
@@ -182,10 +182,7 @@ def build_instruct_model(icfg, feature_dims: dict[str, int], *, lm=None, tokeniz
     projectors = {m: Projector(d, hidden, icfg.projector) for m, d in feature_dims.items()}
     model = InstructModel(lm, projectors, icfg.soft_tokens)
     if "lora" in icfg.stage:
-        try:
-            apply_lora(model.lm, r=icfg.lora_r, alpha=icfg.lora_alpha, dropout=icfg.lora_dropout, targets=icfg.lora_targets)
-        except ValueError as e:
-            raise ConfigError(f"instruct.lora_targets: {e}") from e
+        apply_lora(model.lm, **icfg.lora.kwargs(), where="instruct.lora")
     set_trainable(model, icfg.stage)
     return model, tokenizer
 

@@ -3,7 +3,7 @@
 The manifest holds an audio column and a transcript column (``asr.audio_column`` / ``asr.text_column``, default
 ``audio`` and ``text``), and optionally ``split`` and a speaker column. ``tuning.mode`` is ``full`` (every weight,
 or the decoder only with ``asr.train_encoder: false``) or ``lora`` (peft adapters on the attention q/v projections,
-``tuning.lora_targets`` to choose others). Labels follow Whisper's format with timestamps off (``asr_batch``).
+``tuning.lora.targets`` to choose others). Labels follow Whisper's format with timestamps off (``asr_batch``).
 
 With the encoder frozen (``asr.train_encoder: false``) and no audio augmentation (``asr.augment: false``), the
 encoder's output of every clip never changes: it is computed once into the feature cache (keyed by the model and
@@ -107,9 +107,9 @@ class AsrTask:
         if t.mode == "lora":
             from ..tuning.lora import apply_lora, default_targets
 
-            targets = t.lora_targets or [n for n in default_targets(self.model)
+            targets = t.lora.targets or [n for n in default_targets(self.model)
                                          if a.train_encoder or ".decoder." in f".{n}"]
-            apply_lora(self.model, r=t.lora_r, alpha=t.lora_alpha, dropout=t.lora_dropout, targets=targets)
+            apply_lora(self.model, **{**t.lora.kwargs(), "targets": targets}, where="tuning.lora")
         else:
             part = self.model if a.train_encoder else self.model.model.decoder
             part.requires_grad_(True)

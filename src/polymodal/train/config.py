@@ -7,6 +7,7 @@ A bad value fails in ``__post_init__`` with a message naming the field, before a
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -112,20 +113,37 @@ class PromptConfig:
 
 
 @dataclass(frozen=True)
+class LoraConfig:
+    """LoRA adapters (peft), the same settings wherever a model is adapted: encoders, Whisper, a language model."""
+
+    r: int = 8  # rank of the low-rank update
+    alpha: int = 16  # scaling numerator (scale = alpha / r)
+    dropout: float = 0.0  # dropout on the LoRA branch
+    targets: tuple[str, ...] | None = None  # module names (suffixes) to adapt; None: the model's attention/1x1 convs
+
+    def __post_init__(self):
+        if isinstance(self.targets, (list, str)):
+            object.__setattr__(self, "targets", tuple([self.targets] if isinstance(self.targets, str) else self.targets))
+        if self.r < 1:
+            raise ConfigError(f"lora.r: must be at least 1, got {self.r}")
+        if not 0 <= self.dropout < 1:
+            raise ConfigError(f"lora.dropout: must be in [0, 1), got {self.dropout}")
+
+    def kwargs(self) -> dict[str, Any]:
+        """The arguments of ``polymodal.tuning.apply_lora``."""
+        return {"r": self.r, "alpha": self.alpha, "dropout": self.dropout, "targets": self.targets}
+
+
+@dataclass(frozen=True)
 class TuningConfig:
     mode: str = "linear_probe"  # linear_probe (frozen encoders, cached features) | full | lora | zeroshot | coop (prompts)
-    lora_r: int = 8  # LoRA rank
-    lora_alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
-    lora_dropout: float = 0.0  # dropout on the LoRA branch
-    lora_targets: tuple[str, ...] | None = None  # module names to adapt; None: each encoder's attention/1x1 convs
+    lora: LoraConfig = field(default_factory=LoraConfig)  # mode lora: the adapters on each tuned encoder
     unfreeze_after_epochs: int = 0  # full: keep encoders frozen for this many epochs first (head warm-up)
     prompt: PromptConfig = field(default_factory=PromptConfig)  # zeroshot and coop
 
     def __post_init__(self):
         if self.mode not in TUNING_MODES:
             raise ConfigError(f"tuning.mode: {self.mode!r} is not one of {', '.join(TUNING_MODES)}")
-        if self.lora_r < 1:
-            raise ConfigError(f"tuning.lora_r: must be at least 1, got {self.lora_r}")
         if self.unfreeze_after_epochs < 0:
             raise ConfigError("tuning.unfreeze_after_epochs: must be >= 0")
 
@@ -215,10 +233,7 @@ class InstructConfig:
     init_from: str | None = None  # an instruct run whose projector (and LoRA) start this run: stage 2 after stage 1
     projector: str = "mlp"  # linear | mlp (two layers with GELU, as LLaVA-1.5)
     soft_tokens: int = 4  # tokens per attachment: the encoder's sequence features average-pooled into this many groups
-    lora_r: int = 8  # LoRA rank on the language model
-    lora_alpha: int = 16  # LoRA scaling numerator (scale = alpha / r)
-    lora_dropout: float = 0.05  # dropout on the LoRA branch
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")  # LM modules LoRA adapts (suffixes of module names)
+    lora: LoraConfig = field(default_factory=lambda: LoraConfig(dropout=0.05, targets=("q_proj", "v_proj")))  # LoRA on the LM
     max_tokens: int = 512  # longest tokenised conversation, soft tokens included; longer ones are refused by the check
     packing: bool = False  # pack several conversations into one row (attention kept within each one)
     system_prompt: str | None = None  # system turn added where a conversation has none; None: the chat template's own
@@ -228,24 +243,19 @@ class InstructConfig:
     val_items: int = 64  # validation generates answers for at most this many items (a seeded draw), to stay fast
 
     def __post_init__(self):
-        if isinstance(self.lora_targets, (list, str)):  # from YAML
-            object.__setattr__(self, "lora_targets", tuple([self.lora_targets] if isinstance(self.lora_targets, str)
-                                                           else self.lora_targets))
         if self.stage not in INSTRUCT_STAGES:
             raise ConfigError(f"instruct.stage: {self.stage!r} is not one of {', '.join(INSTRUCT_STAGES)}")
         if self.projector not in ("linear", "mlp"):
             raise ConfigError(f"instruct.projector: {self.projector!r} is not linear or mlp")
-        for name in ("soft_tokens", "lora_r", "max_tokens", "max_new_tokens", "val_items"):
+        for name in ("soft_tokens", "max_tokens", "max_new_tokens", "val_items"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"instruct.{name}: must be at least 1, got {getattr(self, name)}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ConfigError(f"instruct.lora_dropout: must be in [0, 1), got {self.lora_dropout}")
         if self.temperature < 0:
             raise ConfigError(f"instruct.temperature: must be >= 0 (0 is greedy), got {self.temperature}")
         if not 0 < self.top_p <= 1:
             raise ConfigError(f"instruct.top_p: must be in (0, 1], got {self.top_p}")
-        if not self.lora_targets and "lora" in self.stage:
-            raise ConfigError("instruct.lora_targets: name at least one module, e.g. [q_proj, v_proj]")
+        if not self.lora.targets and "lora" in self.stage:
+            raise ConfigError("instruct.lora.targets: name at least one module, e.g. [q_proj, v_proj]")
 
 
 @dataclass(frozen=True)
@@ -257,12 +267,18 @@ class TrainConfig:
     out_dir: str = "runs/run"  # where checkpoints, logs and the report go
     task: str = "classify"  # classify (labels) | align (two modalities, contrastive) | asr (Whisper) | instruct (an LM)
     compression: CompressionConfig | None = None  # written by `polymodal compress`; leave empty
-    asr: AsrConfig = field(default_factory=AsrConfig)  # task asr: the Whisper model and the manifest's columns
-    instruct: InstructConfig = field(default_factory=InstructConfig)  # task instruct: the LM, projector and stage
+    asr: AsrConfig | None = None  # task asr only: the Whisper model and the manifest's columns (defaults if omitted)
+    instruct: InstructConfig | None = None  # task instruct only: the LM, projector and stage (defaults if omitted)
 
     def __post_init__(self):
         if self.task not in TASKS:
             raise ConfigError(f"task: {self.task!r} is not one of {', '.join(TASKS)}")
+        for name, cls in TASK_SECTIONS.items():  # each task carries its own section, and no other task's
+            if self.task == name and getattr(self, name) is None:
+                object.__setattr__(self, name, cls())
+            elif self.task != name and getattr(self, name) is not None:
+                raise ConfigError(f"{name}: this section configures task {name}, but task is {self.task}; remove it "
+                                  f"or set task: {name}")
         if self.task in ("classify", "align") and not self.model.encoders:
             raise ConfigError("model.encoders: name at least one modality's encoder, e.g. {image: efficientnet-lite0}")
         if self.task == "asr" and self.tuning.mode not in ("full", "lora"):
@@ -277,8 +293,32 @@ class TrainConfig:
             if unknown:
                 raise ConfigError(f"model.align.locked: {', '.join(sorted(unknown))} not among model.encoders")
 
+    def unused(self) -> set[str]:
+        """Dotted names of the sections this run's task and mode never read (left out of its saved config)."""
+        out = {name for name in ("compression", *TASK_SECTIONS) if getattr(self, name) is None}
+        if self.task != "align":
+            out.add("model.align")
+        if self.task != "classify":
+            out.add("model.fusion")
+        if self.task in ("asr", "instruct") or self.tuning.mode not in PROMPT_MODES:
+            out.add("tuning.prompt")
+        if self.task == "instruct" or self.tuning.mode != "lora":
+            out.add("tuning.lora")
+        return out
+
     def to_dict(self) -> dict[str, Any]:
-        return _plain(dataclasses.asdict(self))
+        """The config as saved: plain values, without the sections its task never reads."""
+        d = _plain(dataclasses.asdict(self))
+        for name in self.unused():
+            *parents, last = name.split(".")
+            section = d
+            for p in parents:
+                section = section[p]
+            section.pop(last, None)
+        return d
+
+
+TASK_SECTIONS: dict[str, type] = {"asr": AsrConfig, "instruct": InstructConfig}  # task -> its own config section
 
 
 def _plain(x: Any) -> Any:
@@ -289,65 +329,189 @@ def _plain(x: Any) -> Any:
     return x
 
 
-def _build(cls, values: Any, where: str):
+# Keys of configs written by earlier releases -> where they live now (old run folders still load).
+_RENAMED = {
+    TuningConfig: {"lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+                   "lora_targets": "lora.targets"},
+    InstructConfig: {"lora_r": "lora.r", "lora_alpha": "lora.alpha", "lora_dropout": "lora.dropout",
+                     "lora_targets": "lora.targets"},
+}
+
+
+def _migrate(cls: type, values: dict[str, Any]) -> dict[str, Any]:
+    renamed = _RENAMED.get(cls, {})
+    if not renamed or not set(values) & set(renamed):
+        return values
+    values = dict(values)
+    for old, new in renamed.items():
+        if old in values:
+            section, _, key = new.partition(".")
+            values[section] = {**(values.get(section) or {}), key: values.pop(old)}
+    return values
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    import sys
+    import typing
+
+    return typing.get_type_hints(cls, vars(sys.modules[cls.__module__]))
+
+
+def nearest(name: str, known) -> str:
+    """``; did you mean X?`` for the known name closest to a misspelt one, else an empty string."""
+    import difflib
+
+    close = difflib.get_close_matches(name, list(known), n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _convert(hint: Any, value: Any, where: str) -> Any:
+    """``value`` (as YAML or the command line gives it) as the type ``hint`` of a config field says, or a
+    ConfigError naming the field."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        errors = []
+        for option in sorted(options, key=lambda a: typing.get_origin(a) is not None):  # plain types first
+            try:
+                return _convert(option, value, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if len(errors) == 1 else f"{where}: {value!r} fits none of its types "
+                          f"({', '.join(getattr(a, '__name__', str(a)) for a in options)})")
+    if dataclasses.is_dataclass(hint):
+        return build_config(hint, value, where)
+    if origin is tuple:
+        items = [value] if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return tuple(_convert(args[0], v, f"{where}[{i}]") for i, v in enumerate(items))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        key_type, value_type = args
+        return {k: _convert(value_type, v, f"{where}.{k}") for k, v in value.items()}
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off", "1", "0"):
+            return value.lower() in ("true", "yes", "on", "1")
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if hint in (int, float):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, str):  # YAML reads 5e-4 (no dot) as a string
+            try:
+                value = float(value) if hint is float else int(value)
+            except ValueError:
+                raise ConfigError(f"{where}: expected {'a number' if hint is float else 'an integer'}, got {value!r}") from None
+        if hint is int and isinstance(value, float):
+            if not value.is_integer():
+                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            value = int(value)
+        if not isinstance(value, (int, float)):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        return hint(value)
+    if hint is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{where}: expected a string, got {value!r}")
+        return str(value)
+    return value
+
+
+def build_config(cls: type, values: Any, where: str):
+    """A config dataclass from a mapping, every field converted by its type hint; unknown keys are named with the
+    nearest known one."""
+    if values is None:
+        values = {}
+    if isinstance(values, str) and cls is EncoderConfig:  # model.encoders.text: minilm
+        values = {"model": values}
     if not isinstance(values, dict):
-        raise ConfigError(f"{where}: expected a mapping, got {type(values).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        raise ConfigError(f"{where}: expected a mapping, got {values!r}")
+    values = _migrate(cls, values)
+    hints = _hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in hints:
+            raise ConfigError(f"{where}.{key}: unknown field{nearest(str(key), names)} (known: {', '.join(names)})"
+                              .removeprefix("config."))
+    if cls is ModelConfig and isinstance(values.get("encoders"), dict):  # the key names the modality (and CLIP's tower)
+        values = {**values, "encoders": {m: {"modality": m, **({"model": e} if isinstance(e, str) else (e or {}))}
+                                         for m, e in values["encoders"].items()}}
+    missing = [f.name for f in dataclasses.fields(cls) if f.name not in values
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    values = {**values, **{k: {} for k in missing if dataclasses.is_dataclass(hints[k])}}  # an omitted section: its defaults
+    missing = [k for k in missing if k not in values]
+    if missing:
+        raise ConfigError(f"{where}.{missing[0]}: missing".removeprefix("config."))
+    converted = {k: _convert(hints[k], v, f"{where}.{k}".removeprefix("config.")) for k, v in values.items()}
     try:
-        return cls(**values)
+        return cls(**converted)
     except TypeError as e:
         raise ConfigError(f"{where}: {e}") from e
 
 
-# Per-task sections of the config: plain mappings of scalars, built by name (task -> its dataclass).
-SECTIONS: dict[str, type] = {"asr": AsrConfig, "instruct": InstructConfig}
-
-
 def config_from_dict(d: dict[str, Any]) -> TrainConfig:
-    """Rebuild a TrainConfig from its dict form (as saved in YAML), naming the field of any error."""
-    d = dict(d)
+    """Rebuild a TrainConfig from its dict form (as saved in YAML), naming the field of any error. Sections of
+    another task (older releases saved every section) are dropped."""
+    if not isinstance(d, dict):
+        raise ConfigError(f"config: expected a mapping, got {d!r}")
     if "data" not in d:
         raise ConfigError("data: missing section")
-    model = dict(d.get("model") or {})
-    encoders = model.get("encoders", {})
-    if not isinstance(encoders, dict):
-        raise ConfigError("model.encoders: a mapping modality -> encoder (a name, or {model: ..., ...})")
-    model["encoders"] = {
-        # The key names the modality, which also picks the tower of a two-tower model such as CLIP.
-        m: _build(EncoderConfig, {"modality": m, **({"model": e} if isinstance(e, str) else e)}, f"model.encoders.{m}")
-        for m, e in encoders.items()
-    }
-    model["fusion"] = _build(FusionConfig, model.get("fusion", {}), "model.fusion")
-    align = dict(model.get("align") or {})
-    if isinstance(align.get("locked"), (list, str)):
-        align["locked"] = tuple([align["locked"]] if isinstance(align["locked"], str) else align["locked"])
-    model["align"] = _build(AlignConfig, align, "model.align")
-    tuning = dict(d.get("tuning", {}))
-    if tuning.get("lora_targets") is not None:
-        tuning["lora_targets"] = tuple(tuning["lora_targets"])
-    prompt = dict(tuning.get("prompt") or {})
-    if isinstance(prompt.get("templates"), list):
-        prompt["templates"] = tuple(prompt["templates"])
-    tuning["prompt"] = _build(PromptConfig, prompt, "tuning.prompt")
-    compression = d.get("compression")
-    if isinstance(compression, dict) and compression.get("fp32_layers") is not None:
-        compression = {**compression, "fp32_layers": tuple(compression["fp32_layers"])}
-    sections = {name: _build(cls, d[name], name) for name, cls in SECTIONS.items() if d.get(name) is not None}
-    return _build(TrainConfig, {
-        **{k: v for k, v in d.items() if k not in ("data", "model", "tuning", "optim", "compression", *SECTIONS)},
-        **sections,
-        "compression": None if compression is None else _build(CompressionConfig, compression, "compression"),
-        "data": _build(DataConfig, d["data"], "data"),
-        "model": _build(ModelConfig, model, "model"),
-        "tuning": _build(TuningConfig, tuning, "tuning"),
-        "optim": _build(OptimConfig, d.get("optim", {}), "optim"),
-    }, "config")
+    task = d.get("task", "classify")
+    d = {k: v for k, v in d.items() if not (k in TASK_SECTIONS and k != task)}
+    return build_config(TrainConfig, d, "config")
 
 
-def load_config(path: str | Path) -> TrainConfig:
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A config's dict form with ``dotted.key=value`` overrides set (values read as YAML: 5e-4, true, [a, b]).
+
+    Raises:
+        ConfigError: an override is not KEY=VALUE, or its key is not a config field (named with the nearest one).
+    """
+    import copy
+
+    import yaml
+
+    d = copy.deepcopy(d)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{item!r}: write overrides as section.field=value, e.g. optim.lr=5e-4")
+        parts = key.split(".")
+        cls, section = TrainConfig, d  # cls: the dataclass whose fields ``part`` must name; None past a mapping
+        for i, part in enumerate(parts):
+            if cls is not None:
+                fields = {f.name for f in dataclasses.fields(cls)}
+                if part not in fields:
+                    raise ConfigError(f"{'.'.join(parts[:i + 1])}: unknown field{nearest(part, fields)} "
+                                      f"(known: {', '.join(sorted(fields))})")
+                hint = _hints(cls)[part]
+                options = (hint, *typing.get_args(hint))
+                # a mapping's keys are free (model.encoders.<modality>); its values are checked when the config is built
+                cls = None if any(typing.get_origin(a) is dict for a in options) else \
+                    next((a for a in options if dataclasses.is_dataclass(a)), None)
+            if i == len(parts) - 1:
+                try:
+                    section[part] = yaml.safe_load(raw) if raw else ""
+                except yaml.YAMLError as e:
+                    raise ConfigError(f"{key}: {raw!r} is not a value ({e})") from e
+            else:
+                if not isinstance(section.get(part), dict):
+                    section[part] = {}
+                section = section[part]
+    return d
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
+    """The config in a YAML file, with ``dotted.key=value`` overrides applied (see ``apply_overrides``)."""
     import yaml
 
     path = Path(path)
@@ -358,7 +522,7 @@ def load_config(path: str | Path) -> TrainConfig:
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML ({e})") from e
     try:
-        cfg = config_from_dict(d or {})
+        cfg = config_from_dict(apply_overrides(d or {}, list(overrides)) if overrides else (d or {}))
     except ConfigError as e:
         raise ConfigError(f"{path}: {e}") from e
     manifest = Path(cfg.data.manifest)

@@ -33,8 +33,6 @@ def make_splits(manifest: Manifest, cfg: DataConfig, labelled: bool = True) -> S
     Args:
         labelled: the rows must have labels (classification); without, splits are random and ``labels`` is empty.
     """
-    from sklearn.model_selection import train_test_split
-
     if labelled and "label" not in manifest.columns:
         raise ConfigError(f"data.manifest: {manifest.path} has no 'label' column to train on")
     examples = manifest.examples
@@ -47,18 +45,28 @@ def make_splits(manifest: Manifest, cfg: DataConfig, labelled: bool = True) -> S
             raise ManifestError(f"{manifest.path}: split values {unknown} are not train, val or test")
     else:
         y = [e.label for e in examples] if labelled else None
-        train, test = train_test_split(examples, test_size=cfg.test_fraction, stratify=y, random_state=cfg.seed) \
+        train, test = _split(examples, cfg.test_fraction, y, cfg.seed, manifest.path, "data.test_fraction") \
             if cfg.test_fraction > 0 else (list(examples), [])
         val = []
     if not train:
         raise ManifestError(f"{manifest.path}: no rows in the train split")
     if not val and cfg.val_fraction > 0:
         y = [e.label for e in train] if labelled else None
-        train, val = train_test_split(train, test_size=cfg.val_fraction, stratify=y, random_state=cfg.seed)
+        train, val = _split(train, cfg.val_fraction, y, cfg.seed, manifest.path, "data.val_fraction")
     if not labelled:
         return Splits(list(train), list(val), list(test), [])
     labels = sorted({e.label for e in train}, key=lambda s: (not s.isdigit(), int(s) if s.isdigit() else 0, s))
     return Splits(list(train), list(val), list(test), labels)
+
+
+def _split(rows: list[Example], fraction: float, labels: list[str] | None, seed: int, path, field: str):
+    from sklearn.model_selection import train_test_split
+
+    try:
+        return train_test_split(rows, test_size=fraction, stratify=labels, random_state=seed)
+    except ValueError as e:  # too few rows (per class) for a stratified share
+        raise ManifestError(f"{path}: cannot split {len(rows)} rows by {field}={fraction} with every class on both sides "
+                            f"({e}); add rows, give a 'split' column (train/val/test), or change {field}") from e
 
 
 def batch_order(n: int, batch_size: int, seed: int, epoch: int, shuffle: bool = True,

@@ -11,6 +11,8 @@ import re
 import torch
 from torch import nn
 
+from ..errors import ConfigError
+
 # Suffixes of the attention projections LoRA adapts in transformer encoders (BERT: query/value; CLIP, Whisper,
 # wav2vec2: q_proj/v_proj), as in the LoRA paper's W_q, W_v choice.
 ATTENTION_TARGETS = ("query", "value", "q_proj", "v_proj")
@@ -28,11 +30,12 @@ def default_targets(encoder: nn.Module) -> list[str]:
 
 
 def apply_lora(encoder: nn.Module, r: int = 8, alpha: int = 16, dropout: float = 0.0,
-               targets: list[str] | tuple[str, ...] | None = None) -> int:
+               targets: list[str] | tuple[str, ...] | None = None, where: str = "lora") -> int:
     """Inject LoRA adapters into ``encoder`` in place and freeze everything else in it.
 
     Args:
         targets: module names (exact, or suffixes as peft matches them); default: ``default_targets``.
+        where: the config field errors name (``tuning.lora``, ``instruct.lora``).
 
     Returns:
         the number of trainable (adapter) parameters.
@@ -41,14 +44,17 @@ def apply_lora(encoder: nn.Module, r: int = 8, alpha: int = 16, dropout: float =
 
     names = list(targets) if targets else default_targets(encoder)
     if not names:
-        raise ValueError("tuning.lora_targets: the encoder has no linear or convolution layers to adapt")
+        raise ConfigError(f"{where}.targets: the model has no linear or convolution layers to adapt")
     _plain_pointwise_convs(encoder, names if targets is None else None)
     pattern = "^(" + "|".join(re.escape(n) if targets is None else f"(.*\\.)?{re.escape(n)}" for n in names) + ")$"
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=pattern)
     try:
         inject_adapter_in_model(config, encoder)
     except ValueError as e:
-        raise ValueError(f"tuning.lora_targets: {e}") from e
+        known = sorted({n.rsplit(".", 1)[-1] for n in default_targets(encoder)})
+        raise ConfigError(f"{where}.targets: {', '.join(names)} matches no module of {type(encoder).__name__}; name "
+                          f"modules it has, e.g. {', '.join(known[:6]) or '(none)'}, or leave it empty for the "
+                          "default") from e
     for name, p in encoder.named_parameters():
         p.requires_grad = "lora_" in name
     return sum(p.numel() for p in encoder.parameters() if p.requires_grad)
