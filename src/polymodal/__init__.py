@@ -12,6 +12,9 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "fit": "polymodal.api",
+    "load": "polymodal.api",
+    "Model": "polymodal.api",
     "EncoderConfig": "polymodal.models",
     "build_encoder": "polymodal.models",
     "resolve_model": "polymodal.models",
@@ -27,6 +30,7 @@ _EXPORTS = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
+    from .api import Model, fit, load
     from .data import check_manifest, load_manifest, require_clean
     from .features import Features, encode
     from .models import Encoder, EncoderConfig, EncoderOutput, build_encoder, resolve_model

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -470,21 +471,17 @@ def config_from_dict(d: dict[str, Any]) -> TrainConfig:
     return build_config(TrainConfig, d, "config")
 
 
-def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """A config's dict form with ``dotted.key=value`` overrides set (values read as YAML: 5e-4, true, [a, b]).
+def set_fields(d: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of a config's dict form with fields set by their dotted names (``{"optim.lr": 5e-4}``); values are
+    converted and checked when the config is built from it.
 
     Raises:
-        ConfigError: an override is not KEY=VALUE, or its key is not a config field (named with the nearest one).
+        ConfigError: a name is not a config field (named with the nearest one).
     """
     import copy
 
-    import yaml
-
     d = copy.deepcopy(d)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"{item!r}: write overrides as section.field=value, e.g. optim.lr=5e-4")
+    for key, value in values.items():
         parts = key.split(".")
         cls, section = TrainConfig, d  # cls: the dataclass whose fields ``part`` must name; None past a mapping
         for i, part in enumerate(parts):
@@ -499,15 +496,32 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
                 cls = None if any(typing.get_origin(a) is dict for a in options) else \
                     next((a for a in options if dataclasses.is_dataclass(a)), None)
             if i == len(parts) - 1:
-                try:
-                    section[part] = yaml.safe_load(raw) if raw else ""
-                except yaml.YAMLError as e:
-                    raise ConfigError(f"{key}: {raw!r} is not a value ({e})") from e
+                section[part] = list(value) if isinstance(value, tuple) else value
             else:
                 if not isinstance(section.get(part), dict):
                     section[part] = {}
                 section = section[part]
     return d
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A config's dict form with ``dotted.key=value`` overrides set (values read as YAML: 5e-4, true, [a, b]).
+
+    Raises:
+        ConfigError: an override is not KEY=VALUE, or its key is not a config field (named with the nearest one).
+    """
+    import yaml
+
+    values: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{item!r}: write overrides as section.field=value, e.g. optim.lr=5e-4")
+        try:
+            values[key] = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{key}: {raw!r} is not a value ({e})") from e
+    return set_fields(d, values)
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
