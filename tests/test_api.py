@@ -103,3 +103,26 @@ def test_fit_names_bad_settings_and_bad_tables(tmp_path):
         polymodal.fit(rows, label="sentiment", out_dir=tmp_path / "r")
     with pytest.raises(PolymodalError, match="one dict is one row"):
         polymodal.fit({"text": "a"}, out_dir=tmp_path / "r")
+
+
+@pytest.mark.real_model
+def test_the_readme_python_in_three_lines_runs(tmp_path, monkeypatch):
+    """The README's snippet, run as written, on a small text table with the bundled MiniLM."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Python in three lines", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
+    assert len(code.strip().splitlines()) == 3
+    good = ["a warm, funny and moving film", "brilliant acting and a clever plot", "a delight from start to end"]
+    bad = ["a dull, tedious mess", "wooden acting and a boring plot", "a waste of two hours"]
+    rows = [{"review": t, "sentiment": "pos"} for t in good] + [{"review": t, "sentiment": "neg"} for t in bad]
+    train_df = pd.DataFrame(rows * 5)
+    monkeypatch.chdir(tmp_path)  # fit's default run folder is runs/fit-N in the working directory
+    namespace = {"train_df": train_df, "new_df": train_df.head(4), "test_df": train_df}
+    exec(code.replace("model.predict(new_df)", "predicted = model.predict(new_df)"), namespace)
+    model = namespace["model"]
+    assert (tmp_path / "runs" / "fit-1" / "run.json").is_file() and model.labels == ["neg", "pos"]
+    assert namespace["predicted"] == model.predict(train_df.head(4))
+    assert model.evaluate(train_df)["accuracy"] >= 0.8  # MiniLM separates these sentences

@@ -87,6 +87,9 @@ def test_demo_runs_offline_and_reports_both_rows(tmp_path, capsys):
     feature_row = next(line for line in out.splitlines() if "frozen efficientnet-lite0 + trained head" in line)
     assert float(pixel_row.split()[-2]) > 0.9  # logistic regression on digit pixels is a strong baseline
     assert float(feature_row.split()[-2]) > 0.5  # ImageNet features carry the digits' shape too
+    run = tmp_path / "digits" / "run"
+    assert f"the run is in {run}" in out  # and the next commands a user types
+    assert all(f"polymodal {cmd} {run}" in out for cmd in ("eval", "predict", "serve"))
 
 
 def test_init_train_eval_compare_predict_end_to_end(tmp_path, tiny_model_dir, capsys):

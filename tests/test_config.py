@@ -88,9 +88,23 @@ def test_train_takes_overrides_and_a_bad_lora_target_is_one_error_line(tmp_path,
     assert "e.g. " in err[0]  # the fix: modules the model does have
     assert main(["train", str(config), "optim.epochz=2"]) == 2
     assert "optim.epochz: unknown field; did you mean 'epochs'?" in capsys.readouterr().err
-    assert main(["train", str(config), "tuning.mode=lora", "tuning.lora.r=2"]) == 0
+    assert main(["train", str(config), "tuning.mode=lora", "tuning.lora.r=2", "optim.epochs=2"]) == 0
+    out = capsys.readouterr().out
+    # one console line per epoch: training loss, every validation score, the best so far
+    lines = [line for line in out.splitlines() if line.startswith("epoch ")]
+    assert len(lines) == 2 and lines[0].startswith("epoch 1/2: train_loss ") and lines[1].startswith("epoch 2/2: ")
+    assert all("val_loss" in line and "val_accuracy" in line and "val_macro_f1" in line and "best val_macro_f1" in line
+               for line in lines)
     saved = load_config(tmp_path / "run" / "config.yaml")
-    assert saved.tuning.mode == "lora" and saved.tuning.lora.r == 2
+    assert saved.tuning.mode == "lora" and saved.tuning.lora.r == 2 and saved.optim.epochs == 2
+
+
+def test_version(capsys):
+    import polymodal
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"polymodal {polymodal.__version__}"
 
 
 def test_a_missing_extra_is_named_with_its_install_command(capsys, monkeypatch):

@@ -232,6 +232,7 @@ def fit(train_data: Any, label: str = "label", *, val_data: Any = None, test_dat
     """
     from .models import DEFAULT_ENCODERS
     from .tasks import train
+    from .run_folder import write_meta
     from .train.config import config_from_dict, set_fields
 
     run_dir = Path(out_dir) if out_dir is not None else _next_run_dir()
@@ -264,7 +265,9 @@ def fit(train_data: Any, label: str = "label", *, val_data: Any = None, test_dat
     cfg = config_from_dict(set_fields(d, fields))
     if cfg.task != "classify":
         raise ConfigError(f"task: fit trains classifiers; train a {cfg.task} run with `polymodal train`")
-    return Model(train(cfg, progress=progress))
+    run = train(cfg, progress=progress)
+    write_meta(run, "classify", label_column=label)  # what evaluate() and predict() know the labels by
+    return Model(run)
 
 
 def _next_run_dir() -> Path:
@@ -275,18 +278,22 @@ def _next_run_dir() -> Path:
     return root / f"fit-{n}"
 
 
-def load(path: str | os.PathLike) -> Model:
-    """A trained classify run folder (written by ``fit`` or ``polymodal train``), ready to predict."""
-    return Model(path)
+def load(path: str | os.PathLike, label: str | None = None) -> Model:
+    """A trained classify run folder (written by ``fit`` or ``polymodal train``), ready to predict; ``label``: the
+    column holding the true classes in tables (default: the one ``fit`` was given, else ``label``)."""
+    return Model(path, label=label)
 
 
 class Model:
     """A trained classifier: ``predict``, ``predict_proba``, ``evaluate`` on tables; ``path`` is its run folder."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, label: str | None = None):
+        from .run_folder import read_meta
         from .tasks import load_run
 
         self.path = Path(path)
+        # the column holding the true classes: never an input, what evaluate() scores against
+        self.label = label or str(read_meta(self.path).get("label_column", "label"))
         self.run = load_run(self.path)
         if self.run.task != "classify":
             raise PolymodalError(f"{self.path}: a {self.run.task} run; polymodal.load takes classify runs "
@@ -307,7 +314,7 @@ class Model:
             modalities = {m: [m] for m in ("text", "image", "audio")}
         else:
             rows = _rows(data)
-            modalities = infer_modalities(rows, label="\0")
+            modalities = infer_modalities(rows, label=self.label)  # the label column is never an input
         rates = self.run.sample_rates()
         out = []
         for r in rows:
@@ -335,8 +342,10 @@ class Model:
         proba = self.predict_proba(data, batch_size)
         return [self.labels[i] for i in proba.to_numpy().argmax(1)] if len(proba) else []
 
-    def evaluate(self, data: Any, label: str = "label") -> dict[str, float]:
-        """Accuracy, macro-F1 and weighted F1 on labelled rows (``label``: their column)."""
+    def evaluate(self, data: Any, label: str | None = None) -> dict[str, float]:
+        """Accuracy, macro-F1 and weighted F1 on labelled rows (``label``: their column; default: the one ``fit``
+        was given, else ``label``)."""
+        label = label or self.label
         from sklearn.metrics import accuracy_score, f1_score
 
         if isinstance(data, (str, os.PathLike)):

@@ -42,12 +42,20 @@ BEFORE = "before.csv"
 REPORT_DIR = "report"
 
 
-def write_meta(run_dir: str | Path, task: str) -> None:
-    """Record which task writes ``run_dir`` (the first file of every new run)."""
+def write_meta(run_dir: str | Path, task: str, **fields: object) -> None:
+    """Record which task writes ``run_dir`` (the first file of every new run), with any other facts about it
+    (``polymodal.fit`` adds the table's label column)."""
     if task not in TASKS:
         raise ValueError(f"task {task!r} is not one of {', '.join(TASKS)}")
     Path(run_dir).mkdir(parents=True, exist_ok=True)
-    atomic_write_text(Path(run_dir) / META, json.dumps({"task": task, "format": FORMAT}) + "\n")
+    atomic_write_text(Path(run_dir) / META, json.dumps({"task": task, "format": FORMAT, **fields}) + "\n")
+
+
+def read_meta(run_dir: str | Path) -> dict:
+    """run.json's fields (for a run of an older release: its task alone)."""
+    meta = Path(run_dir) / META
+    task = run_task(run_dir)  # checks the file
+    return {**json.loads(meta.read_text()), "task": task} if meta.is_file() else {"task": task}
 
 
 def is_run(path: str | Path) -> bool:

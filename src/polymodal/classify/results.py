@@ -48,10 +48,14 @@ def write_results(run_dir: Path, cfg: TrainConfig, model, splits: Splits, test_i
 
 
 def write_predictions(path: Path, inputs: Inputs, probs: torch.Tensor, labels: list[str]) -> None:
+    """predictions.csv: per test row its number, true label, prediction, input (the text, the image/audio file) and
+    every class probability at full precision (top-k is recoverable)."""
+    modalities = [m for m in ("text", "image", "audio") if any(e.get(m) is not None for e in inputs.examples)]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["row", "label", "prediction", *[f"p_{label}" for label in labels]])
+    w.writerow(["row", "label", "prediction", *[f"p_{label}" for label in labels], *modalities])
     pred = probs.argmax(-1).tolist()
-    for ex, p, row in zip(inputs.examples, pred, probs.tolist()):
-        w.writerow([ex.row, ex.label, labels[p], *[f"{x:.6f}" for x in row]])
+    for ex, p, row in zip(inputs.examples, pred, probs.double().tolist()):
+        w.writerow([ex.row, ex.label, labels[p], *[repr(x) for x in row],
+                    *["" if ex.get(m) is None else str(ex.get(m)) for m in modalities]])
     atomic_write_text(path, buf.getvalue())

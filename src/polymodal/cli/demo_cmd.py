@@ -16,7 +16,8 @@ from pathlib import Path
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="run the main job on bundled models and packaged data (offline)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, help="dataset folder to write (default: the polymodal cache)")
+    p.add_argument("--out", type=Path, default=Path("polymodal-demo"),
+                   help="folder for the dataset and the run (default ./polymodal-demo)")
     p.add_argument("--image-size", type=int, default=64, help="encoder input side in pixels (default 64: digits are 8x8)")
     p.add_argument("--seed", type=int, default=0, help="seed of the train/test split")
     p.set_defaults(func=run)
@@ -55,14 +56,13 @@ def run(args: argparse.Namespace) -> int:
 
     import numpy as np
 
-    from .._paths import cache_dir
     from ..data import load_manifest, require_clean
     from ..eval import report_run
     from ..models import EncoderConfig
     from ..tasks import train
     from ..train import DataConfig, FusionConfig, ModelConfig, OptimConfig, TrainConfig, TuningConfig
 
-    out = args.out or cache_dir("demo") / f"digits-seed{args.seed}"
+    out = args.out.resolve()
     print(f"1/5 dataset: scikit-learn digits -> {out}")
     manifest_path = write_digits_dataset(out, args.seed)
     print(f"2/5 check: {manifest_path}")
@@ -99,6 +99,10 @@ def run(args: argparse.Namespace) -> int:
     print(f"    {'polymodal: frozen efficientnet-lite0 + trained head':52s} {result['accuracy']:9.3f} {result['macro_f1']:9.3f}")
     print(f"    chance: {1 / len(manifest.labels):.3f}. On 8x8 digits an ImageNet encoder need not beat raw pixels; "
           "the table says whether it did.")
+    print(f"\nthe run is in {run_dir}; next:\n"
+          f"    polymodal eval {run_dir}                          # the report again, or --compare with another run\n"
+          f"    polymodal predict {run_dir} {manifest.examples[0].image}   # classify images\n"
+          f"    polymodal serve {run_dir}                         # an HTTP service for it (pip install 'polymodal[serve]')")
     return 0
 
 

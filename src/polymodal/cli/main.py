@@ -37,6 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="polymodal",
         description="Build multimodal (text, image, audio) models from open pretrained models, end to end.",
     )
+    from .. import __version__
+
+    parser.add_argument("--version", action="version", version=f"polymodal {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (demo_cmd, data_cmd, encode_cmd, train_cmd, eval_cmd, predict_cmd, zeroshot_cmd, compress_cmd,

@@ -14,6 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("inputs", nargs="*", type=Path, help="a manifest, or image/audio files")
     p.add_argument("--text", action="append", default=[], help="a text to classify (repeatable)")
     p.add_argument("--top", type=int, default=3, help="classes shown per input (default 3)")
+    p.add_argument("--out", type=Path, help="also write a CSV: input, prediction and every class probability")
     p.set_defaults(func=run)
 
 
@@ -52,9 +53,27 @@ def run(args: argparse.Namespace) -> int:
     if lacking:
         raise PolymodalError(f"the run was trained on {', '.join(run_.model.encoders)}; it cannot use {', '.join(lacking)} inputs")
     probs = run_.predict(examples)
+    if args.out is not None:
+        _write_csv(args.out, examples, probs, run_.labels)
+        print(f"wrote {args.out}")
     for ex, p in zip(examples, probs):
         name = ex.text if ex.text is not None else (ex.image or ex.audio)
         top = p.topk(min(args.top, len(run_.labels)))
         shown = ", ".join(f"{run_.labels[i]} {v:.3f}" for v, i in zip(top.values.tolist(), top.indices.tolist()))
         print(f"{name}\t{shown}")
     return 0
+
+
+def _write_csv(path: Path, examples, probs, labels: list[str]) -> None:
+    import csv
+    import io
+
+    from .._paths import atomic_write_text
+
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["row", "text", "image", "audio", "prediction", *[f"p_{label}" for label in labels]])
+    for ex, p in zip(examples, probs.double().tolist()):
+        w.writerow([ex.row, ex.text or "", ex.image or "", ex.audio or "", labels[max(range(len(p)), key=p.__getitem__)],
+                    *[repr(x) for x in p]])
+    atomic_write_text(path, buf.getvalue())

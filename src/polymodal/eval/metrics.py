@@ -59,6 +59,13 @@ class ClassificationMetrics:
         return 1.0 / len(self.labels)
 
     @property
+    def weighted_f1(self) -> float:
+        """Mean of per-class F1 weighted by each class's support (scikit-learn's ``average="weighted"``)."""
+        support = np.array([s.support for s in self.per_class.values()], dtype=np.float64)
+        f1 = np.array([s.f1 for s in self.per_class.values()])
+        return float((f1 * support).sum() / support.sum()) if support.sum() else 0.0
+
+    @property
     def majority_label(self) -> str:
         """The most frequent true class (the first one on a tie)."""
         return self.labels[int(np.argmax(self.confusion.sum(axis=1)))]
@@ -75,6 +82,7 @@ class ClassificationMetrics:
             "macro_precision": self.macro_precision,
             "macro_recall": self.macro_recall,
             "macro_f1": self.macro_f1,
+            "weighted_f1": self.weighted_f1,
             "n_items": self.n_items,
             "chance_level": self.chance_level,
             "majority_rate": self.majority_rate,

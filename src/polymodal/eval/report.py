@@ -36,6 +36,7 @@ _HEADLINE = (
     ("macro precision", "macro_precision"),
     ("macro recall", "macro_recall"),
     ("macro F1", "macro_f1"),
+    ("weighted F1", "weighted_f1"),
 )
 # A bootstrap a/b that differs from the metrics by more than this was computed on other predictions.
 _CONSISTENCY_TOLERANCE = 1e-9
@@ -50,6 +51,7 @@ def write_report(
     ablation: dict[str, float] | None = None,
     extra: Mapping[str, Any] | None = None,
     ablation_metric: str = "accuracy",
+    mistakes: Sequence[Mapping[str, Any]] | None = None,
 ) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` (plus the PNGs the Markdown links) for one run's test set.
 
@@ -62,6 +64,8 @@ def write_report(
             adds the per-modality contribution table and plot.
         extra: other facts to list, e.g. ``{"trainable parameters": 1_234_567, "training time (s)": 81.2}``.
         ablation_metric: name of the metric in ``ablation``.
+        mistakes: the most confident wrong predictions, each ``{"row", "input", "label", "prediction",
+            "confidence"}`` (``input``: the text, or the image/audio file).
 
     Returns:
         ``(markdown_path, html_path)``.
@@ -87,6 +91,16 @@ def write_report(
     blocks.append(Image(CONFUSION_PNG, "confusion matrix"))
     if len(metrics.labels) <= _MAX_CONFUSION_TABLE_LABELS:
         blocks.append(_confusion_table(metrics))
+
+    if mistakes:
+        blocks += [
+            Heading("Most confident mistakes"),
+            Paragraph("Wrong predictions the model was surest of: often a mislabelled row, or a pattern it "
+                      "learned wrongly. The input is the row's text, or its image/audio file."),
+            table(("row", "input", "true", "predicted", "confidence"),
+                  [(m["row"], _clip(str(m["input"])), m["label"], m["prediction"], _fmt(m["confidence"]))
+                   for m in mistakes], numeric_from=4),
+        ]
 
     if training_log:
         plot_training_curves(training_log, out / TRAINING_CURVES_PNG)
@@ -220,6 +234,10 @@ def verdict(result: BootstrapResult, name_a: str = "A", name_b: str = "B") -> st
 
 def _display(metric: str) -> str:
     return next((label for label, attr in _HEADLINE if attr == metric), metric)
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _summary_rows(m: ClassificationMetrics) -> list[tuple[str, str]]:

@@ -176,6 +176,7 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
                    disable=not (progress and main_process), leave=False)
         model.train()
         task.on_epoch_start(epoch)
+        epoch_loss, epoch_steps = 0.0, 0
         for step_in_epoch in range(first, len(steps)):
             optimizer.zero_grad(set_to_none=True)
             total_loss = 0.0
@@ -202,6 +203,7 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
             scaler.update()
             scheduler.step()
             global_step += 1
+            epoch_loss, epoch_steps = epoch_loss + total_loss, epoch_steps + 1
             bar.set_postfix(loss=f"{total_loss:.4f}")
             bar.update(1)
             if main_process:
@@ -224,12 +226,14 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
                                    "seconds": f"{time.perf_counter() - start:.2f}"})
             metric = val[task.metric]
             if position["best"] is None or sign * metric > sign * position["best"]:
-                position["best"], position["bad_epochs"] = metric, 0
+                position["best"], position["bad_epochs"], position["best_epoch"] = metric, 0, epoch + 1
                 ckpt.save_weights(run_dir / ckpt.WEIGHTS, task.weights(),
                                   {"epoch": str(epoch + 1), task.metric: f"{metric:.4f}"})
             else:
                 position["bad_epochs"] += 1
             stop = bool(cfg.optim.early_stopping) and position["bad_epochs"] >= cfg.optim.early_stopping
+            print(_epoch_line(epoch + 1, cfg.optim.epochs, epoch_loss / max(1, epoch_steps), val, task, position),
+                  flush=True)
             ckpt.save_checkpoint(run_dir, task.weights(), optimizer, scheduler,
                                  {**position, "epoch": epoch + 1, "batch": 0, "global_step": global_step})
             if stop:
@@ -255,6 +259,16 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
     if world > 1:
         torch.distributed.barrier()
     return run_dir
+
+
+def _epoch_line(epoch: int, epochs: int, train_loss: float, val: dict[str, float], task: Task,
+                position: dict) -> str:
+    """One console line per epoch: the training loss, every validation score, and the best so far."""
+    scores = ", ".join(f"val_{k} {val[k]:.4f}" for k in task.log_fields if k in val)
+    best = f"best val_{task.metric} {position['best']:.4f}"
+    if position.get("best_epoch"):
+        best += f" (epoch {position['best_epoch']})"
+    return f"epoch {epoch}/{epochs}: train_loss {train_loss:.4f}, {scores}; {best}"
 
 
 def _check_replicas(model: nn.Module, run_dir: Path, world: int, main_process: bool) -> None:
