@@ -157,6 +157,144 @@ def test_malformed_sources_are_reported_by_file_with_a_fix(tmp_path):
     assert "nocaption.txt" in problems["nocaption.png"].fix
 
 
+_DOC_PAGE = """<html><head><title>Widgets manual</title></head><body>
+<header><a href="index.html"><img src="home.png" alt="Home"></a> Widgets Inc. site header</header>
+<nav><a href="prev.html"><img src="prev.png" alt="Prev"></a> <a href="next.html"><img src="next.png" alt="Next"></a>
+ <a href="toc.html">Table of contents</a> | <a href="faq.html">FAQ</a> | <a href="contact.html">Contact</a></nav>
+<main><h1>Installing widgets</h1>
+<p>Widgets are installed by a certified technician who visits your home on a weekday morning and brings every tool
+that the installation needs, so nothing has to be bought in advance.</p>
+<h2>How long does the installation take?</h2>
+<p>A standard installation takes about forty minutes. Larger widgets with the optional cooling unit need up to two
+hours, because the unit has to be filled and tested before the technician leaves the building.</p>
+<figure><img src="diagram.png" alt="diagram"><figcaption>The cooling unit mounted under a widget</figcaption></figure>
+<p><img src="warning.png" alt="Warning"> Never open the cooling unit while the widget is running or still warm.</p>
+<h2>Warranty</h2>
+<p>Every widget comes with a warranty of five years that covers parts and labour, provided that the yearly service
+was done by a certified technician and the seal on the cooling unit is unbroken.</p></main>
+<footer>Copyright 2026 Widgets Inc. All rights reserved. <a href="privacy.html">Privacy</a></footer>
+</body></html>"""
+
+
+def _pdf_bytes(pages: list[str]) -> bytes:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_title("Cooling unit guide")
+    pdf.set_font("helvetica", size=12)
+    for text in pages:
+        pdf.add_page()
+        pdf.multi_cell(0, 8, text)
+    return bytes(pdf.output())
+
+
+def _docx_bytes() -> bytes:
+    import io
+
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Service plans", level=0)
+    document.add_paragraph("All plans start on the day the widget is installed.")
+    document.add_heading("Gold plan", level=1)
+    document.add_paragraph("The gold plan includes two service visits per year.")
+    table = document.add_table(rows=2, cols=2)
+    for (r, c), text in {(0, 0): "plan", (0, 1): "price", (1, 0): "gold", (1, 1): "90 euros"}.items():
+        table.cell(r, c).text = text
+    buffer = io.BytesIO()
+    document.save(buffer)
+    return buffer.getvalue()
+
+
+def _docs_by_id(path, name):
+    docs, problems = read_source(path, name)
+    assert not problems, problems
+    return {d.doc_id: d for d in docs}
+
+
+def test_html_keeps_main_content_headings_as_titles_and_drops_navigation(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "manual.html").write_text(_DOC_PAGE)
+    for icon in ("home", "prev", "next", "warning", "diagram"):
+        Image.new("RGB", (4, 4)).save(tmp_path / f"{icon}.png")
+    files, problems = discover([tmp_path])
+    assert [p.name for p in files] == ["manual.html"] and not problems  # the page's own images are not sources
+    docs = _docs_by_id(files[0], "manual.html")
+    text = " ".join(d.text for d in docs.values())
+    for furniture in ("Prev", "Next", "Home", "Table of contents", "Copyright", "site header", "Privacy"):
+        assert furniture not in text, furniture
+    body = docs["manual.html#s1"]
+    assert body.title == "Installing widgets › How long does the installation take?"
+    assert body.text.startswith("A standard installation takes about forty minutes.")
+    assert "How long" not in body.text  # the heading is the title, never body text
+    assert docs["manual.html#s2"].title == "Installing widgets › Warranty"
+    images = [d for d in docs.values() if d.kind == "image"]
+    assert [d.text for d in images] == ["The cooling unit mounted under a widget"]  # caption kept, icons dropped
+
+
+def test_markdown_sections_and_meaningful_alt_text(tmp_path):
+    (tmp_path / "notes.md").write_text("# Office\n\nWe are on the third floor.\n\n## Parking\n\nVisitors park in "
+                                       "the north garage.\n\n![icon](i.png) ![a red delivery van](van.png)\n")
+    docs = _docs_by_id(tmp_path / "notes.md", "notes.md")
+    assert docs["notes.md"].title == "Office" and docs["notes.md"].text == "We are on the third floor."
+    assert docs["notes.md#s1"].title == "Office › Parking"
+    assert docs["notes.md#s1"].text == "Visitors park in the north garage."
+    assert [d.text for d in docs.values() if d.kind == "image"] == ["a red delivery van"]
+
+
+def test_pdf_pages_and_docx_sections_are_read_with_titles(tmp_path):
+    (tmp_path / "guide.pdf").write_bytes(_pdf_bytes(["The unit holds 3 litres of coolant.",
+                                                     "Replace the coolant every 2 years."]))
+    pdf = _docs_by_id(tmp_path / "guide.pdf", "guide.pdf")
+    assert list(pdf) == ["guide.pdf#page1", "guide.pdf#page2"]
+    assert pdf["guide.pdf#page2"].title == "Cooling unit guide, page 2" and pdf["guide.pdf#page2"].meta["page"] == 2
+    assert "every 2 years" in pdf["guide.pdf#page2"].text
+    (tmp_path / "plans.docx").write_bytes(_docx_bytes())
+    docx = _docs_by_id(tmp_path / "plans.docx", "plans.docx")
+    assert docx["plans.docx"].title == "Service plans"
+    assert docx["plans.docx"].text == "All plans start on the day the widget is installed."
+    gold = docx["plans.docx#s1"]
+    assert gold.title == "Service plans › Gold plan" and "two service visits" in gold.text and "gold | 90 euros" in gold.text
+
+
+def test_gzip_copies_read_like_the_originals_and_bad_ones_say_so(tmp_path):
+    import gzip
+
+    originals = {"a.txt": b"Plain text about widgets.", "b.md": b"# B\n\nMarkdown text.",
+                 "c.html": _DOC_PAGE.encode(), "d.pdf": _pdf_bytes(["PDF text here."]), "e.docx": _docx_bytes()}
+    for name, data in originals.items():
+        (tmp_path / name).write_bytes(data)
+        (tmp_path / "gz").mkdir(exist_ok=True)
+        (tmp_path / "gz" / f"{name}.gz").write_bytes(gzip.compress(data))
+    files, _ = discover([tmp_path / "gz"])
+    assert sorted(p.name for p in files) == sorted(f"{n}.gz" for n in originals)
+    for name in originals:
+        plain = [(d.title, d.text) for d in read_source(tmp_path / name, name)[0]]
+        packed = [(d.title, d.text) for d in read_source(tmp_path / "gz" / f"{name}.gz", name)[0]]
+        assert plain and packed == plain, name
+    (tmp_path / "broken.txt.gz").write_bytes(b"not gzip at all")
+    (tmp_path / "latin.txt.gz").write_bytes(gzip.compress("caf\xe9".encode("latin-1")))
+    bad = read_source(tmp_path / "broken.txt.gz")[1][0]
+    assert bad.kind == "bad_gzip" and "gzip -t broken.txt.gz" in bad.fix
+    latin = read_source(tmp_path / "latin.txt.gz")[1][0]
+    assert latin.kind == "undecodable_text" and "zcat latin.txt.gz" in latin.fix and "decompressed" in latin.message
+
+
+def test_chunk_titles_are_stored_shown_and_searched(tmp_path, tiny_model_dir):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "manual.html").write_text(_DOC_PAGE)
+    kb_dir = tmp_path / "kb"
+    build_kb([tmp_path / "src"], kb_dir, _config(tiny_model_dir), progress=False)
+    kb = KnowledgeBase(kb_dir)
+    titles = {c.title for c in kb.store.chunks()}
+    assert "Installing widgets › Warranty" in titles
+    # "Warranty" is only in a heading: BM25 finds its section through the title fed to it.
+    hits = kb.retrieve("warranty", k=3, mode="bm25").hits
+    assert hits and hits[0].chunk.title == "Installing widgets › Warranty"
+    kb.close()
+
+
 # --- building ---------------------------------------------------------------------------------------------------
 
 
@@ -186,7 +324,8 @@ def test_build_is_incremental_by_content(tmp_path, tiny_model_dir):
     edited = build_kb([src], kb_dir, None, progress=False)
     assert (edited.changed, edited.removed) == (1, 1)
     assert edited.reused >= 1 and 1 <= edited.embedded < first.chunks
-    (src / "hours.txt").rename(src / "opening-hours.txt")  # same bytes, new name: nothing to embed
+    (src / "archive").mkdir()  # same bytes and title (the file's stem), new path: nothing to embed
+    (src / "hours.txt").rename(src / "archive" / "hours.txt")
     renamed = build_kb([src], kb_dir, None, progress=False)
     assert (renamed.changed, renamed.removed, renamed.embedded, renamed.chunks) == (1, 1, 0, edited.chunks)
     fresh = build_kb([src], tmp_path / "fresh", _config(tiny_model_dir), progress=False)
@@ -396,10 +535,15 @@ def test_cli_build_ask_eval(tmp_path, tiny_model_dir, capsys):
     assert main(["kb", "ask", str(kb_dir), "what is the speed of light?", "--threshold", "1.01"]) == 0
     assert capsys.readouterr().out.startswith(NOT_FOUND)
     empty = tmp_path / "empty"
-    assert main(["kb", "build", str(src / "bad"), "--out", str(empty), "--skip-bad"]) == 0
-    assert "0 chunks from 5 files" in capsys.readouterr().out
-    assert main(["kb", "ask", str(empty), "anything?"]) == 0
-    assert capsys.readouterr().out.startswith(NOT_FOUND)
+    # A build that yields no chunk is an error, even with --skip-bad, and says why; it leaves no folder behind.
+    assert main(["kb", "build", str(src / "bad"), "--out", str(empty), "--skip-bad"]) == 1
+    err = capsys.readouterr().err
+    assert "empty knowledge base: none of the 5 source file(s)" in err and "latin1.txt: undecodable_text" in err
+    assert not empty.exists()
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing" / "data.csv").write_text("a,b\n")
+    assert main(["kb", "build", str(tmp_path / "nothing"), "--out", str(empty)]) == 1
+    assert "no source file found" in capsys.readouterr().err and not empty.exists()
     assert main(["kb", "ask", str(kb_dir), "q", "--encoder", "minilm"]) == 2
     assert "built with the text encoder" in capsys.readouterr().err
 

@@ -26,8 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _register_build(kb_sub) -> None:
     b = kb_sub.add_parser("build", help="ingest sources into a knowledge-base folder (incremental, resumable)",
-                          description="Ingest text (.txt), Markdown, HTML, SQuAD JSON and captioned images (caption "
-                                      "in a sidecar .txt, or <img alt> / ![alt]() in pages); chunk by tokens with "
+                          description="Ingest text (.txt), Markdown, HTML (main content only), PDF, Word (.docx), "
+                                      "SQuAD JSON, any of them gzip-compressed (.gz), and captioned images (caption "
+                                      "in a sidecar .txt, or a figure caption / meaningful alt text in pages); each "
+                                      "section's heading becomes its chunks' title; chunk by tokens with "
                                       "overlap; embed; index for dense and BM25 search. Rerunning re-embeds only "
                                       "changed chunks; an interrupted build resumes. Options default to the KB's "
                                       "saved settings (or the defaults for a new KB).")
@@ -96,13 +98,18 @@ def _answer_options(p: argparse.ArgumentParser) -> None:
 
 def run_build(args: argparse.Namespace) -> int:
     from ..kb import KBConfig, build_kb
+    from ..kb.build import EmptyBuildError
     from ..kb.config import CONFIG_FILE, load_config
 
     base = load_config(args.out) if (args.out / CONFIG_FILE).exists() else KBConfig()
     given = {"encoder": args.encoder, "chunk_tokens": args.chunk_tokens, "overlap_tokens": args.overlap_tokens,
              "max_tokens": args.max_tokens, "backend": args.backend, "table": args.table, "image_run": args.image_run}
     config = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
-    report = build_kb(args.sources, args.out, config, dsn=args.dsn, batch_size=args.batch_size)
+    try:
+        report = build_kb(args.sources, args.out, config, dsn=args.dsn, batch_size=args.batch_size)
+    except EmptyBuildError as e:  # exit 1 like any build with unusable sources, whatever --skip-bad says
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"{args.out}: {report.chunks} chunks from {report.files} files ({report.changed} new or changed, "
           f"{report.removed} removed); embedded {report.embedded} chunks, {report.reused} reused; "
           f"{report.index_bytes / 1e6:.1f} MB; {report.seconds:.1f} s")
@@ -170,15 +177,15 @@ def run_ask(args: argparse.Namespace) -> int:
     for i, hit in enumerate(result.passages, start=1):
         mark = "*" if hit.chunk.id in cited else " "
         dense = "-" if hit.dense is None else f"{hit.dense:.3f}"
-        print(f"{mark}[{i}] chunk {hit.chunk.id}  {hit.chunk.doc_id}  chars {hit.chunk.start_char}-"
-              f"{hit.chunk.end_char}  {args.mode} {hit.score:.4f}  cosine {dense}")
+        print(f"{mark}[{i}] {hit.chunk.title or hit.chunk.doc_id}  ({hit.chunk.doc_id}, chars {hit.chunk.start_char}-"
+              f"{hit.chunk.end_char}; chunk {hit.chunk.id}, {args.mode} {hit.score:.4f}, cosine {dense})")
     kb.close()
     return 0
 
 
 def _hit_json(hit) -> dict:
     c = hit.chunk
-    return {"chunk_id": c.id, "doc_id": c.doc_id, "file": c.file, "kind": c.kind, "image": c.image,
+    return {"chunk_id": c.id, "doc_id": c.doc_id, "title": c.title, "file": c.file, "kind": c.kind, "image": c.image,
             "start_char": c.start_char, "end_char": c.end_char, "score": hit.score, "cosine": hit.dense, "text": c.text}
 
 

@@ -9,6 +9,7 @@ stopped when run again. The KB then holds exactly the files found under the SOUR
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .._paths import file_sha256, text_sha256
-from ..errors import ConfigError
+from ..errors import ConfigError, PolymodalError
 from .chunking import chunk_text
 from .config import KBConfig, load_config, save_config, CONFIG_FILE
 from .hybrid import BM25_DIR, BM25Index
@@ -56,9 +57,14 @@ def build_kb(sources: Sequence[str | Path], out: str | Path, config: KBConfig | 
 
     Raises:
         ConfigError: a config that does not match the existing KB.
+        EmptyBuildError: no source gave any text (none found, or every one had a problem); nothing is written.
     """
     start = time.perf_counter()
     out = Path(out)
+    files, problems = discover(list(sources))
+    if not files:
+        raise EmptyBuildError(_empty_reason(sources, problems, found=0))
+    new = not (out / CONFIG_FILE).exists()
     out.mkdir(parents=True, exist_ok=True)
     config = _settle_config(out, config)
     if config.backend == "pgvector" and dsn and not config.dsn:
@@ -68,9 +74,14 @@ def build_kb(sources: Sequence[str | Path], out: str | Path, config: KBConfig | 
     report = BuildReport()
     encoder = _LazyEncoder(config, text_encoder)
     try:
-        files, report.problems = discover(list(sources))
+        report.problems = problems
         report.files = len(files)
         _ingest(store, files, config, encoder, report)
+        if store.count() == 0:
+            store.close()
+            if new:  # leave no half-made KB folder behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise EmptyBuildError(_empty_reason(sources, report.problems, found=len(files)))
         _embed_pending(store, encoder, batch_size, progress, report)
         store.clear_vector_cache()
         if config.image_run:
@@ -93,6 +104,23 @@ def build_kb(sources: Sequence[str | Path], out: str | Path, config: KBConfig | 
     report.seconds = time.perf_counter() - start
     report.index_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return report
+
+
+class EmptyBuildError(PolymodalError):
+    """A build that would leave the knowledge base without a single chunk."""
+
+
+def _empty_reason(sources, problems: list[SourceProblem], found: int) -> str:
+    from .sources import SUFFIXES
+
+    where = ", ".join(map(str, sources))
+    if not found:
+        why = (f"no source file found under {where} (looked for {', '.join(SUFFIXES)}, also gzip-compressed)")
+    else:
+        why = f"none of the {found} source file(s) under {where} gave any text"
+    listed = "".join(f"\n  {p}" for p in problems[:20])
+    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+    return f"empty knowledge base: {why}{listed}{more}"
 
 
 def _settle_config(out: Path, config: KBConfig | None) -> KBConfig:
