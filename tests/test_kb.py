@@ -441,6 +441,95 @@ def test_generative_answer_prompt_cites_passages(kb, minilm_tokenizer):
     assert used == [0, 1] and strip_citations(text) == "noon and"
 
 
+def _hits(*texts, title=""):
+    from polymodal.kb import Hit
+    from polymodal.kb.store import StoredChunk
+
+    return [Hit(StoredChunk(i, "f", f"d{i}", "h", "text", title, t, 0, len(t), None), 1.0, 0.5)
+            for i, t in enumerate(texts)]
+
+
+def test_extractive_answers_never_restate_the_question(kb):
+    from polymodal.kb import SpanExtractor
+    from polymodal.kb.extract import restates_question
+
+    assert restates_question("When is lunch served?", "when is lunch served")
+    assert restates_question("Lunch is served.", "When is lunch served?")  # nothing the question lacks
+    assert not restates_question("Lunch is served from noon until two.", "When is lunch served?")
+    # Random encoder weights rank the sentences anyhow: the filter alone must keep the restatements out.
+    passages = _hits("When is lunch served? Lunch is served.", "Lunch is served. The cafeteria opens at noon "
+                     "and closes at two.")
+    for _ in range(3):
+        text, used = SentenceSelector(kb).answer("When is lunch served?", passages)
+        assert text == "The cafeteria opens at noon and closes at two." and used == [1]
+        span, used = SpanExtractor(kb).answer("When is lunch served?", passages)
+        assert span and span in passages[1].chunk.text and len(span.split()) <= 6 and used == [1]
+    assert SpanExtractor(kb).answer("When is lunch served?", _hits("When is lunch served?")) == ("", [])
+
+
+def test_span_scoring_by_the_lm_matches_a_plain_forward_pass(kb, minilm_tokenizer):
+    from polymodal.kb import SpanExtractor
+
+    lm = _tiny_llama()
+    extractor = SpanExtractor(kb, lm, minilm_tokenizer, sentences=1)
+    context, question = "The cafeteria opens at noon.", "When does the cafeteria open?"
+    spans = ["noon", "at noon", "opens at noon"]
+    scores = extractor.span_log_probs(context, question, spans)  # prompt cached once, spans batched with padding
+    prompt = minilm_tokenizer(extractor.prompt(context, question), add_special_tokens=False)["input_ids"]
+    for span, (total, mean) in zip(spans, scores):
+        ids = minilm_tokenizer(f" {span}\n", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = lm(torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
+        expected = sum(float(logp[len(prompt) + t - 1, ids[t]]) for t in range(len(ids)))
+        assert total == pytest.approx(expected, abs=1e-4) and mean == pytest.approx(expected / len(ids), abs=1e-4)
+    text, used = extractor.answer(question, _hits(context))
+    assert text in context and text in spans + ["cafeteria opens", "cafeteria opens at noon", "cafeteria"]
+
+
+def test_grounding_replaces_unsupported_generated_answers(kb):
+    from polymodal.kb import GroundedAnswerer, SpanExtractor, is_supported
+
+    passages = _hits("The cafeteria serves lunch from noon until two.", "Visitors park in the north garage.",
+                     title="Office › When is lunch served")
+
+    class Says:
+        def __init__(self, reply, used):
+            self.reply, self.used = reply, used
+
+        def answer(self, question, passages):
+            return self.reply, self.used
+
+    q = "When is lunch served?"
+    assert is_supported("from noon until two", q, passages[:1])
+    assert not is_supported("at one o'clock", q, passages[:1])  # words not in the passage
+    assert not is_supported("north garage", q, passages[:1])  # in another passage, not the cited one
+    assert not is_supported("When is lunch served", q, passages)  # the question / the heading again
+    grounded = GroundedAnswerer(Says("from noon until two [1]", [0]), SpanExtractor(kb))
+    assert grounded.answer(q, passages) == ("from noon until two [1]", [0]) and grounded.last_grounded
+    grounded = GroundedAnswerer(Says("Paris [1]", [0]), SpanExtractor(kb))
+    text, used = grounded.answer(q, passages)
+    assert not grounded.last_grounded and text != "Paris [1]" and text in passages[used[0]].chunk.text
+    assert GroundedAnswerer(Says("Lunch is served [2]", [1]), None).answer(q, passages) == (NOT_FOUND, [])
+    assert GroundedAnswerer(Says(NOT_FOUND, []), None).answer(q, passages) == (NOT_FOUND, [])
+
+
+def test_refusal_model_uses_coverage_and_the_reader(kb):
+    from polymodal.kb.refusal import RefusalModel, RefusalWeights, fit_weights
+
+    model = RefusalModel(kb)
+    inside = kb.retrieve("Where do visitors park?", k=3)
+    outside = kb.retrieve("Which module reads TOML configuration files?", k=3)
+    f_in, f_out = model.features(inside), model.features(outside)
+    assert set(f_in) == {"best_dense", "coverage", "sentence"}
+    assert f_in["coverage"] == pytest.approx(1.0) and f_out["coverage"] == 0.0  # "visitors park" is in the KB
+    only_coverage = RefusalModel(kb, RefusalWeights(best_dense=0, coverage=1, sentence=0, bias=-0.5))
+    assert not only_coverage.refuse(inside) and only_coverage.refuse(outside)
+    assert answer(kb, "Which module reads TOML configuration files?", SentenceSelector(kb),
+                  refusal=only_coverage).text == NOT_FOUND
+    weights = fit_weights([f_in, f_out] * 5, [True, False] * 5)
+    assert weights.score(f_in) > 0 > weights.score(f_out)
+
+
 def test_span_reader_returns_a_span_of_a_passage(kb, tmp_path):
     from transformers import BertConfig, BertForQuestionAnswering
 
