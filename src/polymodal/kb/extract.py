@@ -28,7 +28,9 @@ import torch
 from .knowledge_base import Hit
 
 _WORD = re.compile(r"[\w][\w'’.-]*[\w]|[\w]", re.UNICODE)
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“‘(\[]?[A-Z0-9])|\n\s*\n|\n(?=- )")
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[\"'“‘(\[]?[A-Z0-9])|(?<=[。！？])\s*|\n\s*\n|\n(?=- )")
+_CJK_RUN = re.compile(r"[\u3400-\u9fff\uf900-\ufaff]+")
+_LATIN_RUN = re.compile(r"[A-Za-z0-9_]+")
 STOP_WORDS = frozenset("""a an the of in on at to for from by with and or but is are was were be been being do does did
 has have had it its this that these those which who whom whose what when where why how as into than then there their
 they them he she his her we you your our i not no can could would should will shall may might must also such any each
@@ -46,7 +48,13 @@ def split_sentences(text: str) -> list[str]:
 
 
 def content_words(text: str) -> set[str]:
-    """The stemmed, lower-cased words of ``text`` that are not stop words ("served" and "serves" -> "serv")."""
+    """The stemmed, lower-cased words of ``text`` that are not stop words ("served" and "serves" -> "serv");
+    Chinese text is cut into words by jieba."""
+    from .multilingual import has_cjk, zh_words
+
+    if has_cjk(text):
+        latin = {w.lower() for w in _WORD.findall(_CJK_RUN.sub(" ", text))} - STOP_WORDS
+        return set(zh_words(_LATIN_RUN.sub(" ", text))) | latin
     words = {w.lower().strip(".'’-") for w in _WORD.findall(text)} - STOP_WORDS
     stemmer = _stemmer()
     return set(stemmer.stemWords(sorted(words))) if stemmer else words
