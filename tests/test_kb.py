@@ -596,7 +596,7 @@ def test_cli_selects_the_pgvector_backend_by_configuration(tmp_path, tiny_model_
     assert not (kb_dir / "dense.faiss").exists() and "backend: pgvector" in (kb_dir / "kb.yaml").read_text()
     capsys.readouterr()
     # The DSN has no password, so it was saved with the KB: asking needs no --dsn.
-    assert main(["kb", "ask", str(kb_dir), "when is lunch served?", "--extractive", "--threshold", "-1",
+    assert main(["kb", "ask", str(kb_dir), "when is lunch served?", "--extractive", "--sentence", "--threshold", "-1",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["found"]
 
@@ -617,7 +617,7 @@ def test_cli_build_ask_eval(tmp_path, tiny_model_dir, capsys):
     assert main(args + ["--skip-bad"]) == 0
     assert "0 new or changed" in capsys.readouterr().out
 
-    assert main(["kb", "ask", str(kb_dir), "when is lunch served?", "--extractive", "--threshold", "-1",
+    assert main(["kb", "ask", str(kb_dir), "when is lunch served?", "--extractive", "--sentence", "--threshold", "-1",
                  "--mode", "bm25", "--json"]) == 0
     reply = json.loads(capsys.readouterr().out)
     assert reply["found"] and reply["passages"][0]["text"].startswith("The cafeteria")
@@ -637,7 +637,7 @@ def test_cli_build_ask_eval(tmp_path, tiny_model_dir, capsys):
     assert "built with the text encoder" in capsys.readouterr().err
 
     out = tmp_path / "report"
-    assert main(["kb", "eval", str(kb_dir), str(src / "faq.json"), "--out", str(out), "--extractive",
+    assert main(["kb", "eval", str(kb_dir), str(src / "faq.json"), "--out", str(out), "--extractive", "--sentence",
                  "--threshold", "-1"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["retrieval"]) == {"dense", "bm25", "hybrid"} and report["answer"]["answered"] == 2

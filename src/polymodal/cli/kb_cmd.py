@@ -88,13 +88,15 @@ def _answer_options(p: argparse.ArgumentParser) -> None:
                    "(an AutoModelForSequenceClassification reference); default: no re-ranking")
     p.add_argument("--rerank-depth", type=int, default=20, help="passages the re-ranker reorders (default 20)")
     p.add_argument("--extractive", action="store_true", help="extract the answer from the passages instead of "
-                   "generating it (default reader: the best sentence by embedding similarity)")
+                   "generating it (default: the best sentence, narrowed to the span SmolLM2 scores highest)")
+    p.add_argument("--sentence", action="store_true", help="with --extractive: answer with the whole best sentence "
+                   "(no language model)")
     p.add_argument("--reader", help="with --extractive: an AutoModelForQuestionAnswering reference (span reader)")
     p.add_argument("--lm", default="smollm2", help="generative model: smollm2 (bundled), an instruct run folder, "
                    "or any causal LM reference (default smollm2)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="generation length limit (default 32)")
-    p.add_argument("--threshold", type=float, help="best dense cosine under which the reply is 'not in the "
-                   "knowledge base' (default: calibrated for MiniLM, see bench/results/kb.md)")
+    p.add_argument("--threshold", type=float, help="refuse ('not in the knowledge base') when the best dense cosine "
+                   "is under this; default: the calibrated RefusalModel (cosine, word coverage, reader score)")
     p.add_argument("--encoder", help="refuse to run unless the KB was built with this text encoder")
     p.add_argument("--dsn", help="pgvector: PostgreSQL connection string (or $POLYMODAL_KB_DSN)")
 
@@ -132,14 +134,17 @@ def run_build(args: argparse.Namespace) -> int:
 
 def make_answerer(args: argparse.Namespace, kb):
     """The answerer the flags ask for (library code; the CLI only picks)."""
-    from ..kb import GenerativeAnswerer, SentenceSelector, SpanReader
+    from ..kb import GenerativeAnswerer, GroundedAnswerer, SentenceSelector, SpanExtractor, SpanReader
 
-    if args.extractive:
+    if args.extractive and (args.reader or args.sentence):
         return SpanReader(args.reader) if args.reader else SentenceSelector(kb)
     from ..kb.lm import load_answer_lm
 
     model, tokenizer = load_answer_lm(args.lm)
-    return GenerativeAnswerer(model, tokenizer, max_new_tokens=args.max_new_tokens)
+    spans = SpanExtractor(kb, model, tokenizer)
+    if args.extractive:
+        return spans
+    return GroundedAnswerer(GenerativeAnswerer(model, tokenizer, max_new_tokens=args.max_new_tokens), spans)
 
 
 def _reranker(args):
@@ -156,15 +161,26 @@ def _threshold(args) -> float:
     return DEFAULT_THRESHOLD if args.threshold is None else args.threshold
 
 
+def _refusal(args, kb):
+    """The calibrated refusal model, unless --threshold asks for the plain cosine rule."""
+    if args.threshold is not None:
+        return None
+    from ..kb.refusal import RefusalModel
+
+    return RefusalModel(kb, k=args.k)
+
+
 def run_ask(args: argparse.Namespace) -> int:
     from ..kb import KnowledgeBase, answer
 
     kb = KnowledgeBase(args.kb, encoder=args.encoder, dsn=args.dsn)
     retrieval = kb.retrieve(args.question, k=args.k, mode=args.mode, reranker=_reranker(args),
                             rerank_depth=args.rerank_depth)
-    threshold = _threshold(args)
-    answerer = make_answerer(args, kb) if retrieval.hits and retrieval.best_dense >= threshold else None
-    result = answer(kb, args.question, answerer, k=args.k, threshold=threshold, retrieval=retrieval)
+    threshold, refusal = _threshold(args), _refusal(args, kb)
+    refused = not retrieval.hits or (refusal.refuse(retrieval) if refusal else retrieval.best_dense < threshold)
+    answerer = None if refused else make_answerer(args, kb)
+    result = answer(kb, args.question, answerer, k=args.k, threshold=threshold, retrieval=retrieval,
+                    refusal=refusal)
     if args.json:
         print(json.dumps({"answer": result.text, "found": result.found, "best_dense": result.best_dense,
                           "cited": [_hit_json(h) for h in result.sources],
@@ -173,6 +189,12 @@ def run_ask(args: argparse.Namespace) -> int:
     print(result.text)
     if not retrieval.hits:
         print("(retrieval found nothing: the knowledge base is empty or shares no word with the question)")
+    elif not result.found and not refused:
+        print("(no answer supported by the passages was found in them)")
+    elif not result.found and refusal is not None:
+        f = refusal.features(retrieval)
+        print(f"(judged not relevant: best cosine {f['best_dense']:.3f}, question words covered {f['coverage']:.2f}, "
+              f"best sentence {f['sentence']:.3f})")
     elif not result.found:
         print(f"(best passage similarity {result.best_dense:.3f} is under the threshold {threshold}; retrieval "
               "found nothing relevant)")
