@@ -256,6 +256,10 @@ def test_pdf_pages_and_docx_sections_are_read_with_titles(tmp_path):
     assert docx["plans.docx"].text == "All plans start on the day the widget is installed."
     gold = docx["plans.docx#s1"]
     assert gold.title == "Service plans › Gold plan" and "two service visits" in gold.text and "gold | 90 euros" in gold.text
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    (tmp_path / "broken.docx").write_bytes(b"PK not a zip")
+    assert read_source(tmp_path / "broken.pdf")[1][0].kind == "bad_pdf"
+    assert read_source(tmp_path / "broken.docx")[1][0].kind == "bad_docx"
 
 
 def test_gzip_copies_read_like_the_originals_and_bad_ones_say_so(tmp_path):
