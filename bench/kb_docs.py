@@ -104,16 +104,16 @@ def has_answer(text: str, answers: list[str]) -> bool:
     return any(normalize_answer(a) and f" {normalize_answer(a)} " in f" {norm} " for a in answers)
 
 
-def score_answerer(name, answerer, retrievals, questions, threshold, answer_from_fn) -> dict:
-    from polymodal.kb import NOT_FOUND, exact_match, f1_score, strip_citations
+def score_answerer(name, answerer, retrievals, questions, threshold, answer_from_fn, refusal=None) -> dict:
+    from polymodal.kb import exact_match, f1_score, strip_citations
 
     rows = []
     start = time.perf_counter()
     for q, r in zip(questions, retrievals):
-        try:
+        if refusal is not None:
+            result = answer_from_fn(r, answerer, K_PASSAGES, threshold, refusal)
+        else:
             result = answer_from_fn(r, answerer, K_PASSAGES, threshold)
-        except TypeError:
-            result = answer_from_fn(r, answerer, K_PASSAGES)
         text = strip_citations(result.text) if result.found else ""
         row = {"id": q["id"], "question": q["question"], "gold": q["answers"], "answer": result.text,
                "refused": not result.found}
@@ -172,16 +172,25 @@ def run(args) -> None:
 
     threshold = getattr(kbmod, "DEFAULT_THRESHOLD", 0.35)
     answer_from_fn = kbmod.answer_from
+    try:  # the calibrated refusal where the checkout has it, else the best-cosine threshold
+        from polymodal.kb.refusal import RefusalModel
+
+        refusal = RefusalModel(kb, k=K_PASSAGES)
+        results["refusal"] = "RefusalModel (default weights)"
+    except ImportError:
+        refusal = None
+        results["refusal"] = f"best cosine under {threshold}"
     results["answerers"] = {}
     for name, build in extractive_answerers(kbmod, kb):
-        results["answerers"][name] = score_answerer(name, build(), retrievals, questions, threshold, answer_from_fn)
+        results["answerers"][name] = score_answerer(name, build(), retrievals, questions, threshold, answer_from_fn,
+                                                    refusal)
     if not args.no_generate:
         from polymodal.kb.lm import load_answer_lm
 
         model, tokenizer = load_answer_lm("smollm2")
         for name, build in generative_answerers(kbmod, kb, model, tokenizer):
             results["answerers"][name] = score_answerer(name, build(), retrievals, questions, threshold,
-                                                        answer_from_fn)
+                                                        answer_from_fn, refusal)
     kb.close()
     load.append(os.getloadavg()[0])
     results.update(total_s=time.perf_counter() - started, load=load,
@@ -195,17 +204,16 @@ def run(args) -> None:
 
 def extractive_answerers(kbmod, kb):
     """(name, builder) of the extractive answerers this checkout has."""
-    out = [("sentence selector", lambda: kbmod.SentenceSelector(kb))]
-    if hasattr(kbmod, "SpanExtractor"):
-        out.append(("span extractor", lambda: kbmod.SpanExtractor(kb)))
-    return out
+    return [("sentence selector", lambda: kbmod.SentenceSelector(kb))]
 
 
 def generative_answerers(kbmod, kb, model, tokenizer):
     out = [("SmolLM2 generative", lambda: kbmod.GenerativeAnswerer(model, tokenizer, max_new_tokens=24))]
     if hasattr(kbmod, "GroundedAnswerer"):
-        out = [("SmolLM2 generative, grounded", lambda: kbmod.GroundedAnswerer(
-            kbmod.GenerativeAnswerer(model, tokenizer, max_new_tokens=24), kbmod.SpanExtractor(kb)))]
+        out = [("span extractor (MiniLM sentence, SmolLM2 span)", lambda: kbmod.SpanExtractor(kb, model, tokenizer)),
+               ("SmolLM2 generative, grounded", lambda: kbmod.GroundedAnswerer(
+                   kbmod.GenerativeAnswerer(model, tokenizer, max_new_tokens=24),
+                   kbmod.SpanExtractor(kb, model, tokenizer)))]
     return out
 
 
@@ -229,6 +237,8 @@ def render() -> None:
              "refusal scores 0); refusal precision/recall over all questions.",
              "- Command: `PYTHONPATH=<checkout>/src python bench/kb_docs.py --label before|after`, then `--render`. "
              "\"before\" is main at 6f6e9c4 (a second worktree), \"after\" this branch; same machine, same day.", ""]
+    lines += ["- Refusal rule: " + "; ".join(f"{label}: {r.get('refusal', 'best cosine under 0.35')}"
+                                           for label, r in runs.items()), ""]
     lines += ["| run | date | chunks | chunks that are navigation | sources refused | Recall@5 | load avg start/end |",
               "| --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for label, r in runs.items():

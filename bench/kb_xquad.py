@@ -53,7 +53,8 @@ def score(name, answerer, questions, retrievals, kbmod) -> dict:
         rows.append({"question": q.question, "gold": list(q.answers), "answer": result.text,
                      "em": kbmod.exact_match(text, q.answers), "f1": kbmod.f1_score(text, q.answers)})
     out = {"answerer": name, "questions": len(rows), "em": sum(r["em"] for r in rows) / len(rows),
-           "f1": sum(r["f1"] for r in rows) / len(rows), "seconds_per_question": (time.perf_counter() - start) / len(rows),
+           "f1": sum(r["f1"] for r in rows) / len(rows),
+           "seconds_per_question": (time.perf_counter() - start) / len(rows),
            "examples": rows[:10]}
     log(f"{name}: EM {out['em']:.3f} F1 {out['f1']:.3f} ({out['seconds_per_question']:.2f} s/question)")
     return out

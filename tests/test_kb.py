@@ -255,7 +255,8 @@ def test_pdf_pages_and_docx_sections_are_read_with_titles(tmp_path):
     assert docx["plans.docx"].title == "Service plans"
     assert docx["plans.docx"].text == "All plans start on the day the widget is installed."
     gold = docx["plans.docx#s1"]
-    assert gold.title == "Service plans › Gold plan" and "two service visits" in gold.text and "gold | 90 euros" in gold.text
+    assert gold.title == "Service plans › Gold plan" and "two service visits" in gold.text
+    assert "gold | 90 euros" in gold.text
     (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
     (tmp_path / "broken.docx").write_bytes(b"PK not a zip")
     assert read_source(tmp_path / "broken.pdf")[1][0].kind == "bad_pdf"
@@ -487,7 +488,7 @@ def test_span_scoring_by_the_lm_matches_a_plain_forward_pass(kb, minilm_tokenize
         expected = sum(float(logp[len(prompt) + t - 1, ids[t]]) for t in range(len(ids)))
         assert total == pytest.approx(expected, abs=1e-4) and mean == pytest.approx(expected / len(ids), abs=1e-4)
     text, used = extractor.answer(question, _hits(context))
-    assert text in context and text in spans + ["cafeteria opens", "cafeteria opens at noon", "cafeteria"]
+    assert used == [0] and text in context and len(text.split()) <= 6 and text != "cafeteria"  # never only asked words
 
 
 def test_grounding_replaces_unsupported_generated_answers(kb):

@@ -19,9 +19,10 @@ from .sources import Document, SourceProblem, discover, read_source
 from .squad import exact_match, f1_score, normalize_answer, read_squad
 
 __all__ = [
-    "DEFAULT_THRESHOLD", "NOT_FOUND", "Answer", "BM25Index", "BuildReport", "Chunk", "Document", "FaissIndex",
-    "GenerativeAnswerer", "GroundedAnswerer", "Hit", "KBConfig", "KnowledgeBase", "PgVectorIndex", "Retrieval", "SentenceSelector",
-    "SourceProblem", "SpanExtractor", "SpanReader", "VectorIndex", "answer", "answer_from", "build_kb", "chunk_text", "discover",
-    "evaluate_kb", "exact_match", "f1_score", "is_supported", "normalize_answer", "read_source", "read_squad", "retrieval_scores",
-    "rrf_fuse", "strip_citations", "write_report",
+    "Answer", "BM25Index", "BuildReport", "Chunk", "DEFAULT_THRESHOLD", "Document", "FaissIndex",
+    "GenerativeAnswerer", "GroundedAnswerer", "Hit", "KBConfig", "KnowledgeBase", "NOT_FOUND", "PgVectorIndex",
+    "Retrieval", "SentenceSelector", "SourceProblem", "SpanExtractor", "SpanReader", "VectorIndex", "answer",
+    "answer_from", "build_kb", "chunk_text", "discover", "evaluate_kb", "exact_match", "f1_score", "is_supported",
+    "normalize_answer", "read_source", "read_squad", "retrieval_scores", "rrf_fuse", "strip_citations",
+    "write_report",
 ]

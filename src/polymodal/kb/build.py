@@ -22,7 +22,7 @@ from ..errors import ConfigError, PolymodalError
 from .chunking import chunk_text
 from .config import KBConfig, load_config, save_config, CONFIG_FILE
 from .hybrid import BM25_DIR, BM25Index
-from .knowledge_base import STORE_FILE, dense_index, text_encoder_config
+from .knowledge_base import STORE_FILE, dense_index
 from .sources import SourceProblem, discover, read_source
 from .store import ChunkStore, NewChunk
 

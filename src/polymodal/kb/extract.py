@@ -149,7 +149,8 @@ class SpanExtractor:
         return candidates[best][0], [candidates[best][1]]
 
     def prompt(self, context: str, question: str) -> str:
-        shots = "".join(f"Text: {t}\nQuestion: {q}\nShort answer copied from the text: {a}\n\n" for t, q, a in _FEW_SHOT)
+        shots = "".join(f"Text: {t}\nQuestion: {q}\nShort answer copied from the text: {a}\n\n"
+                        for t, q, a in _FEW_SHOT)
         return f"{shots}Text: {context}\nQuestion: {question}\nShort answer copied from the text:"
 
     @torch.no_grad()

@@ -109,7 +109,10 @@ def _images_shown_by_pages(files: list[Path]) -> set[Path]:
             text = page.read_text("utf-8", errors="replace")
         except OSError:
             continue
-        refs = _HTML_REFERENCE.findall(text) if suffix in HTML_SUFFIXES else [m.group(2) for m in _MD_IMAGE.finditer(text)]
+        if suffix in HTML_SUFFIXES:
+            refs = _HTML_REFERENCE.findall(text)
+        else:
+            refs = [m.group(2) for m in _MD_IMAGE.finditer(text)]
         for ref in refs:
             if "://" not in ref and not ref.startswith("data:"):
                 shown.add((page.parent / ref.split("#")[0].split("?")[0]).resolve())
