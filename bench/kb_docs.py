@@ -260,10 +260,9 @@ def render() -> None:
                                                  for n in r["answerers"]) + " |",
               "| --- | --- | " + " | ".join("---" for r in runs.values() for _ in r["answerers"]) + " |"]
     for i in range(8):
-        cells = [f"{label}" for label in runs]
         q = any_run["answerers"][next(iter(any_run["answerers"]))]["rows"][i]
-        cells = [r["answerers"][n]["rows"][i]["answer"].replace("|", "/")[:80] for r in runs.values()
-                 for n in r["answerers"]]
+        cells = [" ".join(r["answerers"][n]["rows"][i]["answer"].replace("|", "/").split())[:80]
+                 for r in runs.values() for n in r["answerers"]]
         lines.append(f"| {q['question']} | {q['gold'][0]} | " + " | ".join(cells) + " |")
     (RESULTS / "kb_docs.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'kb_docs.md'}")

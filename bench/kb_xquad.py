@@ -196,7 +196,8 @@ def render() -> None:
     if after:
         for name, a in after["answers"].items():
             for row in a["examples"][:3]:
-                lines.append(f"| {row['question']} | {row['gold'][0]} | {name} | {row['answer'].replace('|', '/')} |")
+                answer = " ".join(row["answer"].replace("|", "/").split())[:100]
+                lines.append(f"| {row['question']} | {row['gold'][0]} | {name} | {answer} |")
     (RESULTS / "kb_xquad.md").write_text("\n".join(lines) + "\n")
     print(f"wrote {RESULTS / 'kb_xquad.md'}")
 
