@@ -255,7 +255,11 @@ def _read_markdown(text: str, path: Path, stem: str, name: str) -> list[Document
 def _read_html(data: bytes, path: Path, stem: str, name: str) -> list[Document]:
     from .formats import read_html
 
-    title, sections, images = read_html(data)
+    try:
+        title, sections, images = read_html(data)
+    except Exception as e:  # noqa: BLE001 - lxml raises parser errors of several types on broken markup
+        raise _Problem(SourceProblem(name, "unreadable_file", f"does not parse as HTML ({type(e).__name__}: {e})",
+                                     "check that the file is a web page (open it in a browser)")) from e
     docs = _section_documents(name, title or stem, sections)
     for i, (caption, src) in enumerate(images):
         docs.append(_image_document(name, i, caption, src, path))
