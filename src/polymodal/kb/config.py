@@ -22,7 +22,7 @@ DSN_ENV = "POLYMODAL_KB_DSN"
 class KBConfig:
     """Settings of one knowledge base. Changing ``encoder`` or the chunk sizes needs a new KB folder."""
 
-    encoder: str = "minilm"  # text encoder (any resolver reference) for chunks and questions
+    encoder: str = "minilm"  # text encoder for chunks and questions: any resolver reference, or e5 (multilingual)
     chunk_tokens: int = 200  # chunk length in the encoder's tokens (MiniLM was trained on up to 256)
     overlap_tokens: int = 40  # tokens shared by consecutive chunks, so an answer cut at an edge is whole in one
     max_tokens: int = 256  # the encoder truncates longer inputs (questions); must hold a whole chunk
@@ -30,6 +30,7 @@ class KBConfig:
     dsn: str | None = None  # pgvector: libpq connection string; None: read $POLYMODAL_KB_DSN at run time
     table: str = "polymodal_kb"  # pgvector: table name (one per knowledge base)
     image_run: str | None = None  # an `align` run folder: also embed images in its joint space; None: captions only
+    language: str = "en"  # BM25 words: en (stop words, Snowball stems) | zh (jieba segmentation, for Chinese)
 
     def __post_init__(self):
         if self.chunk_tokens < 8:
@@ -40,6 +41,8 @@ class KBConfig:
         if self.max_tokens < self.chunk_tokens + 2:
             raise ConfigError(f"max_tokens: {self.max_tokens} cannot hold a chunk of {self.chunk_tokens} tokens "
                               "plus the two special tokens; raise max_tokens or lower chunk_tokens")
+        if self.language not in ("en", "zh"):
+            raise ConfigError(f"language: {self.language!r} is not one of en, zh")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
 
@@ -52,7 +55,8 @@ class KBConfig:
 
     def same_build(self, other: KBConfig) -> list[str]:
         """Fields that differ in ways that make existing chunks or vectors invalid."""
-        fields = ("encoder", "chunk_tokens", "overlap_tokens", "max_tokens", "backend", "table", "image_run")
+        fields = ("encoder", "chunk_tokens", "overlap_tokens", "max_tokens", "backend", "table", "image_run",
+                  "language")
         return [f for f in fields if getattr(self, f) != getattr(other, f)]
 
 

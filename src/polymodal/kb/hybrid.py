@@ -54,7 +54,11 @@ def _bm25s():
     return bm25s
 
 
-def _tokenize(texts: list[str], stemmer, ids: bool):
+def _tokenize(texts: list[str], stemmer, ids: bool, language: str = "en"):
+    if language == "zh":  # bm25s indexes and scores lists of words as they are
+        from .multilingual import zh_words
+
+        return [zh_words(t) for t in texts]
     bm25s = _bm25s()
 
     return bm25s.tokenize(texts, stopwords="en", stemmer=stemmer, return_ids=ids, show_progress=False)
@@ -63,25 +67,27 @@ def _tokenize(texts: list[str], stemmer, ids: bool):
 class BM25Index:
     """A BM25 index over chunk texts, saved in ``<kb>/bm25`` (rebuilt whole on each build: it takes seconds)."""
 
-    def __init__(self, folder: str | Path):
+    def __init__(self, folder: str | Path, language: str = "en"):
         self.folder = Path(folder)
         self._retriever = None
         self._ids: np.ndarray | None = None
+        self.language = language
         self._stemmer = _stemmer()
 
     @classmethod
-    def build(cls, folder: str | Path, ids: Sequence[int], texts: Sequence[str]) -> BM25Index:
+    def build(cls, folder: str | Path, ids: Sequence[int], texts: Sequence[str], language: str = "en") -> BM25Index:
+        """``language``: en (stop words, stems) | zh (jieba words)."""
         bm25s = _bm25s()
-        index = cls(folder)
+        index = cls(folder, language)
         retriever = bm25s.BM25()
         if len(texts):
-            retriever.index(_tokenize(list(texts), index._stemmer, ids=True), show_progress=False)
+            retriever.index(_tokenize(list(texts), index._stemmer, ids=True, language=language), show_progress=False)
         with atomic_dir(index.folder) as tmp:
             if len(texts):
                 retriever.save(tmp, show_progress=False)
             np.save(tmp / "chunk_ids.npy", np.asarray(ids, np.int64))
             (tmp / "polymodal.json").write_text(json.dumps({"stemmer": "english" if index._stemmer else None,
-                                                            "documents": len(texts)}))
+                                                            "documents": len(texts), "language": language}))
         return index
 
     def _load(self):
@@ -90,6 +96,9 @@ class BM25Index:
             if not (self.folder / "chunk_ids.npy").exists():
                 raise PolymodalError(f"{self.folder}: the BM25 index is missing; rebuild with `polymodal kb build`")
             self._ids = np.load(self.folder / "chunk_ids.npy")
+            saved = self.folder / "polymodal.json"
+            if saved.exists():
+                self.language = json.loads(saved.read_text()).get("language", "en")
             if len(self._ids):
                 self._retriever = bm25s.BM25.load(self.folder, show_progress=False)
         return self._retriever, self._ids
@@ -98,7 +107,8 @@ class BM25Index:
         """Per query, up to k (chunk id, BM25 score) with score > 0, best first."""
         retriever, ids = self._load()
         out: list[list[tuple[int, float]]] = []
-        tokens = _tokenize(list(queries), self._stemmer, ids=False) if len(ids) else [[] for _ in queries]
+        tokens = (_tokenize(list(queries), self._stemmer, ids=False, language=self.language) if len(ids)
+                  else [[] for _ in queries])
         for query in tokens:
             if not query:
                 out.append([])

