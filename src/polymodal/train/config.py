@@ -182,6 +182,22 @@ class OptimConfig:
 
 
 @dataclass(frozen=True)
+class LoggingConfig:
+    """Where a run's training curves go besides log.csv."""
+
+    tensorboard: bool = True  # RUN/tensorboard (when tensorboard is installed)
+    mlflow: bool = False  # an MLflow run (pip install 'polymodal[mlflow]')
+    mlflow_uri: str | None = None  # MLflow tracking URI; None: a local file store in RUN/mlruns
+    wandb: bool = False  # a Weights & Biases run (pip install 'polymodal[wandb]')
+    wandb_mode: str = "offline"  # offline (files in RUN/wandb; `wandb sync` uploads them) | online
+    experiment: str = "polymodal"  # MLflow experiment / W&B project name
+
+    def __post_init__(self):
+        if self.wandb_mode not in ("offline", "online"):
+            raise ConfigError(f"logging.wandb_mode: {self.wandb_mode!r} is not offline or online")
+
+
+@dataclass(frozen=True)
 class CompressionConfig:
     """Set by ``polymodal compress`` in the run it writes, so ``load_run`` rebuilds the compressed layers.
 
@@ -266,6 +282,7 @@ class TrainConfig:
     tuning: TuningConfig = field(default_factory=TuningConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     out_dir: str = "runs/run"  # where checkpoints, logs and the report go
+    logging: LoggingConfig = field(default_factory=LoggingConfig)  # experiment trackers besides log.csv
     task: str = "classify"  # classify (labels) | align (two modalities, contrastive) | asr (Whisper) | instruct (an LM)
     compression: CompressionConfig | None = None  # written by `polymodal compress`; leave empty
     asr: AsrConfig | None = None  # task asr only: the Whisper model and the manifest's columns (defaults if omitted)

@@ -34,6 +34,7 @@ from . import checkpoint as ckpt
 from .config import TrainConfig, save_config
 from .data import batch_order
 from .task import Task
+from .trackers import flat, open_trackers
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +164,7 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
         (run_dir / run_folder.LOG).unlink(missing_ok=True)  # left by a run that died before its first checkpoint
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=task.ddp_find_unused) \
         if world > 1 else model
-    writer = _tensorboard(run_dir) if main_process else None
+    trackers = open_trackers(cfg.logging, run_dir, flat(cfg.to_dict())) if main_process else []
 
     # --- the loop ----------------------------------------------------------------------------------------------------
     global_step = position["global_step"]
@@ -207,7 +208,7 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
             bar.set_postfix(loss=f"{total_loss:.4f}")
             bar.update(1)
             if main_process:
-                _log(run_dir, writer, fields, {"epoch": epoch + 1, "step": global_step, "train_loss": f"{total_loss:.6f}",
+                _log(run_dir, trackers, fields, {"epoch": epoch + 1, "step": global_step, "train_loss": f"{total_loss:.6f}",
                                        "lr": f"{scheduler.get_last_lr()[0]:.3e}", "seconds": f"{time.perf_counter() - start:.2f}"})
             if cfg.optim.checkpoint_every and global_step % cfg.optim.checkpoint_every == 0 and main_process:
                 ckpt.save_checkpoint(run_dir, task.weights(), optimizer, scheduler,
@@ -222,7 +223,7 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
             val = task.validate(device)
             shown = {f"val_{k}": f"{v:.6f}" if k == "loss" else f"{v:.4f}"
                      for k, v in val.items() if f"val_{k}" in fields}
-            _log(run_dir, writer, fields, {"epoch": epoch + 1, "step": global_step, **shown,
+            _log(run_dir, trackers, fields, {"epoch": epoch + 1, "step": global_step, **shown,
                                    "seconds": f"{time.perf_counter() - start:.2f}"})
             metric = val[task.metric]
             if position["best"] is None or sign * metric > sign * position["best"]:
@@ -254,8 +255,8 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
     if main_process:
         task.load_weights(run_dir / ckpt.WEIGHTS)
         task.finish(run_dir, device, time.perf_counter() - start)
-    if writer is not None:
-        writer.close()
+    for tracker in trackers:
+        tracker.close()
     if world > 1:
         torch.distributed.barrier()
     return run_dir
@@ -283,16 +284,7 @@ def _check_replicas(model: nn.Module, run_dir: Path, world: int, main_process: b
         raise PolymodalError(f"DDP replicas diverged: weights differ by up to {diff:g} between ranks")
 
 
-def _tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        log.info("tensorboard is not installed; logging to log.csv only (pip install tensorboard)")
-        return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def _log(run_dir: Path, writer, fields: tuple[str, ...], row: dict[str, object]) -> None:
+def _log(run_dir: Path, trackers: list, fields: tuple[str, ...], row: dict[str, object]) -> None:
     path = run_dir / run_folder.LOG
     new = not path.exists()
     with open(path, "a", newline="") as f:
@@ -300,10 +292,9 @@ def _log(run_dir: Path, writer, fields: tuple[str, ...], row: dict[str, object])
         if new:
             w.writeheader()
         w.writerow(row)
-    if writer is not None:
-        for k, v in row.items():
-            if k not in ("epoch", "step") and v not in ("", None):
-                writer.add_scalar(k, float(v), int(row["step"]))
+    numbers = {k: float(v) for k, v in row.items() if k not in ("epoch", "step") and v not in ("", None)}
+    for tracker in trackers:
+        tracker.log(numbers, int(row["step"]))
 
 
 def _truncate_log(path: Path, global_step: int, fields: tuple[str, ...]) -> None:
