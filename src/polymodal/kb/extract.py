@@ -160,7 +160,7 @@ class SpanExtractor:
         tok = self.tokenizer
         prompt_ids = tok(self.prompt(context, question), add_special_tokens=False)["input_ids"]
         out = self.lm(torch.tensor([prompt_ids]), use_cache=True)
-        cache, first_logits = out.past_key_values, out.logits[0, -1].log_softmax(-1)
+        cache, first_logits = _returned_cache(out), out.logits[0, -1].log_softmax(-1)
         results: list[tuple[float, float]] = []
         for start in range(0, len(spans), self.batch_size):
             part = spans[start:start + self.batch_size]
@@ -170,13 +170,26 @@ class SpanExtractor:
             batch = torch.tensor([x + [pad] * (width - len(x)) for x in ids])
             batch_cache = _repeat_cache(cache, len(part))
             mask = torch.ones(len(part), len(prompt_ids) + width, dtype=torch.long)
-            logits = self.lm(batch, past_key_values=batch_cache, attention_mask=mask, use_cache=True).logits
+            logits = self.lm(batch, attention_mask=mask, use_cache=True, **_cache_argument(self.lm, batch_cache)).logits
             logp = logits.log_softmax(-1)
             for row, x in enumerate(ids):
                 total = float(first_logits[x[0]])
                 total += sum(float(logp[row, t - 1, x[t]]) for t in range(1, len(x)))
                 results.append((total, total / len(x)))
         return results
+
+
+def _returned_cache(out):
+    """The key/value cache a forward pass returned (``cache`` from transformers 5.x, ``past_key_values`` before)."""
+    cache = out.get("cache") if hasattr(out, "get") else None
+    return cache if cache is not None else out.past_key_values
+
+
+def _cache_argument(lm, cache) -> dict:
+    """The keyword that passes a cache to this model's forward (transformers renamed past_key_values to cache)."""
+    import inspect
+
+    return {"cache": cache} if "cache" in inspect.signature(lm.forward).parameters else {"past_key_values": cache}
 
 
 def _repeat_cache(cache, n: int):
