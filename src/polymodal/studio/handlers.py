@@ -213,7 +213,11 @@ class Studio:
             if resume:
                 from ..train.config import load_config
 
+                if not (run_dir / run_folder.CONFIG).is_file():
+                    raise StudioError(f"{run_dir}: no run to resume; start it from the form")
                 cfg = load_config(run_dir / run_folder.CONFIG)
+                # stopped before its first checkpoint (optim.checkpoint_every, else each epoch's end): start it again
+                resume = (run_dir / run_folder.CHECKPOINT_DIR).is_dir()
             else:
                 cfg = build_config(manifest, encoders, run_dir, fields)
             job = Job(name, run_dir)
