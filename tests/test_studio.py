@@ -8,9 +8,9 @@ import io
 import json
 
 import pytest
+from _train_data import write_dataset
 from PIL import Image
 
-from _train_data import write_dataset
 from polymodal.errors import ConfigError
 from polymodal.studio import handlers as h
 from polymodal.train.config import OptimConfig, TrainConfig
@@ -134,6 +134,8 @@ def test_train_in_the_background_then_report_and_classify(dataset, tiny_model_di
     Image.new("RGB", (16, 16), (250, 20, 20)).save(png, format="PNG")
     both = studio.classify("probe", text="red apple", image=png.getvalue())
     assert both["probabilities"] != answer["probabilities"]  # the image changed the input
+    image_only = studio.classify("probe", image=png.getvalue())
+    assert sum(p["p"] for p in image_only["probabilities"]) == pytest.approx(1, abs=1e-5)
     with pytest.raises(h.StudioError, match="type a text or upload an image"):
         studio.classify("probe")
 

@@ -1,16 +1,17 @@
 """The studio's web app: one self-contained page (``static/index.html``: no CDN, no web fonts, no build step) and a
 small JSON API over ``handlers`` (FastAPI, the ``serve`` stack). Every request's failure is one line of JSON
 (``{"error": ...}``), shown on the page; nothing here decides anything the library does not.
-"""
 
-from __future__ import annotations
+No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations (``UploadFile``, imported
+inside ``create_app``) at definition time.
+"""
 
 import base64
 import hmac
 import os
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from .handlers import Studio, error_line
 
@@ -68,7 +69,7 @@ def create_app(runs_dir: str | Path = "runs", password: str | None = None):
         return answer(h.data_view, manifest)
 
     @app.post("/api/data/clean")
-    def clean(body: dict = Body(...)):
+    def clean(body: Annotated[dict, Body()]):
         return answer(h.drop_bad_rows, body.get("manifest", ""), body.get("out", ""))
 
     @app.get("/api/media")
@@ -87,7 +88,7 @@ def create_app(runs_dir: str | Path = "runs", password: str | None = None):
         return answer(h.default_encoders, manifest)
 
     @app.post("/api/train")
-    def train(body: dict = Body(...)):
+    def train(body: Annotated[dict, Body()]):
         def start():
             job = studio.start(body.get("name", ""), body.get("manifest", ""), body.get("encoders") or {},
                                {k: str(v) for k, v in (body.get("fields") or {}).items()}, bool(body.get("resume")))
@@ -124,7 +125,8 @@ def create_app(runs_dir: str | Path = "runs", password: str | None = None):
             return JSONResponse({"error": error_line(e)}, status_code=404)
 
     @app.post("/api/classify")
-    async def classify(run: str = Form(...), text: str = Form(""), image: UploadFile | None = File(None)):
+    async def classify(run: Annotated[str, Form()], text: Annotated[str, Form()] = "",
+                       image: Annotated[UploadFile | None, File()] = None):
         data = await image.read() if image is not None else None
         return answer(studio.classify, run, text, data or None)
 
