@@ -144,7 +144,7 @@ def config_fields() -> list[dict[str, Any]]:
                         "help": comments.get(f.name, "")})
 
     walk(placeholder, "")
-    return out
+    return sorted(out, key=lambda f: f["section"] != "run")  # the task first, then the sections in their order
 
 
 def default_encoders(manifest_path: str | Path) -> dict[str, str]:
