@@ -1,7 +1,8 @@
 """The studio end to end in headless Chromium (Debian's system browser driven by Playwright for Python): load a
 manifest and see its check table, train a linear-probe run on tiny models to completion, open its report, classify
 a text and an image in the playground. Any console error of the page fails the test. A screenshot of each tab goes
-to docs/studio/ (shown in the README).
+to the folder in POLYMODAL_STUDIO_shots (``POLYMODAL_STUDIO_shots=docs/studio`` refreshes the README's), else to
+the test's temporary folder, so a test run leaves the checkout unchanged.
 
 Skipped, with the reason, where Chromium (``apt-get install chromium``) or Playwright (``pip install playwright``;
 never ``playwright install``: the system browser is used) is absent.
@@ -9,6 +10,7 @@ never ``playwright install``: the system browser is used) is absent.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import threading
@@ -19,7 +21,6 @@ import pytest
 from _train_data import write_dataset
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[1] / "docs" / "studio"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 
@@ -66,7 +67,8 @@ def test_studio_in_a_real_browser(browser, studio_url, tiny_model_dir, tmp_path)
     manifest = write_dataset(data)
     with open(manifest, "a") as f:
         f.write("a lost photo,img/missing.png,r,train\n")  # one row the check refuses, with its fix
-    SHOTS.mkdir(parents=True, exist_ok=True)
+    shots = Path(os.environ.get("POLYMODAL_STUDIO_shots") or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     errors: list[str] = []
@@ -83,7 +85,7 @@ def test_studio_in_a_real_browser(browser, studio_url, tiny_model_dir, tmp_path)
     assert "31" in problems and "missing.png" in problems
     assert page.locator("#rows-table tbody tr").count() == 31
     page.wait_for_function("[...document.querySelectorAll('#rows-table img')].every(i => i.complete && i.naturalWidth > 0)")
-    page.screenshot(path=str(SHOTS / "data.png"), full_page=False)
+    page.screenshot(path=str(shots / "data.png"), full_page=False)
 
     # Train: the form from the config types; a linear probe on tiny models, watched to completion
     page.click("nav button[data-tab=train]")
@@ -105,7 +107,7 @@ def test_studio_in_a_real_browser(browser, studio_url, tiny_model_dir, tmp_path)
     assert page.inner_text("#train-error") == "" and page.inner_text("#live-error") == ""
     assert page.locator("#live-chart polyline").count() >= 2  # training loss and a validation curve
     assert "finished" in page.inner_text("#runs-table")
-    page.screenshot(path=str(SHOTS / "train.png"), full_page=True)
+    page.screenshot(path=str(shots / "train.png"), full_page=True)
 
     # Evaluate: the run's report
     page.click("nav button[data-tab=evaluate]")
@@ -115,7 +117,7 @@ def test_studio_in_a_real_browser(browser, studio_url, tiny_model_dir, tmp_path)
     frame = page.frame_locator("#eval-frame")
     frame.locator("table").first.wait_for()
     assert "accuracy" in frame.locator("body").inner_text().lower()
-    page.screenshot(path=str(SHOTS / "evaluate.png"))
+    page.screenshot(path=str(shots / "evaluate.png"))
 
     # Playground: a typed text, then an uploaded image, with class probabilities
     page.click("nav button[data-tab=playground]")
@@ -132,6 +134,6 @@ def test_studio_in_a_real_browser(browser, studio_url, tiny_model_dir, tmp_path)
     assert page.inner_text("#play-error") == ""
     assert page.locator("#play-result tbody tr").count() == 3
     page.fill("#play-text", "red apple")
-    page.screenshot(path=str(SHOTS / "playground.png"))
+    page.screenshot(path=str(shots / "playground.png"))
 
     assert errors == []
