@@ -119,7 +119,7 @@ def test_train_in_the_background_then_report_and_classify(dataset, tiny_model_di
     assert status["progress"] == 1.0 and status["epochs"] == 2
     assert any(r["train_loss"] is not None for r in status["log"])
     assert any(r.get("val_accuracy") is not None for r in status["log"])
-    (listed,) = studio.runs()
+    (listed,) = studio.runs()  # (probe2 comes later)
     assert (listed["name"], listed["status"], listed["task"]) == ("probe", "finished", "classify")
 
     report = studio.report("probe")
@@ -138,6 +138,16 @@ def test_train_in_the_background_then_report_and_classify(dataset, tiny_model_di
     assert sum(p["p"] for p in image_only["probabilities"]) == pytest.approx(1, abs=1e-5)
     with pytest.raises(h.StudioError, match="type a text or upload an image"):
         studio.classify("probe")
+
+    # Evaluate's compare view: a second run on the same test rows, with the bootstrap verdict in plain words
+    other = studio.start("probe2", str(dataset), _encoders(tiny_model_dir), {**SMALL, "optim.lr": "1e-3"})
+    _wait(other)
+    compared = studio.compare("probe", "probe2")
+    assert compared["html"].is_file() and "probe2" in compared["html"].read_text()
+    assert [v.split(":")[0] for v in compared["verdicts"]] == ["accuracy", "macro F1"]
+    assert all("interval" in v for v in compared["verdicts"])
+    with pytest.raises(h.StudioError, match="two different runs"):
+        studio.compare("probe", "probe")
 
     # a second studio over the same folder (a restart) sees the finished run from its files alone
     again = h.Studio(tmp_path / "runs")

@@ -1,7 +1,7 @@
 """The studio end to end in headless Chromium (Debian's system browser driven by Playwright for Python): load a
-manifest and see its check table, train a linear-probe run on tiny models to completion, open its report, classify
-a text and an image in the playground. Any console error of the page fails the test. A screenshot of each tab goes
-to the folder in POLYMODAL_STUDIO_shots (``POLYMODAL_STUDIO_shots=docs/studio`` refreshes the README's), else to
+manifest and see its check table, train a linear-probe run on tiny models to completion, open its report, compare
+it with a second run, classify a text and an image in the playground. Any console error of the page fails the test. A screenshot of each tab goes
+to the folder in POLYMODAL_STUDIO_SHOTS (``POLYMODAL_STUDIO_SHOTS=docs/studio`` refreshes the README's), else to
 the test's temporary folder, so a test run leaves the checkout unchanged.
 
 Skipped, with the reason, where Chromium (``apt-get install chromium``) or Playwright (``pip install playwright``;
@@ -67,7 +67,7 @@ def test_studio_in_a_real_browser(browser, studio_url, tiny_model_dir, tmp_path)
     manifest = write_dataset(data)
     with open(manifest, "a") as f:
         f.write("a lost photo,img/missing.png,r,train\n")  # one row the check refuses, with its fix
-    shots = Path(os.environ.get("POLYMODAL_STUDIO_shots") or tmp_path / "shots")
+    shots = Path(os.environ.get("POLYMODAL_STUDIO_SHOTS") or tmp_path / "shots")
     shots.mkdir(parents=True, exist_ok=True)
 
     page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -118,6 +118,23 @@ def test_studio_in_a_real_browser(browser, studio_url, tiny_model_dir, tmp_path)
     frame.locator("table").first.wait_for()
     assert "accuracy" in frame.locator("body").inner_text().lower()
     page.screenshot(path=str(shots / "evaluate.png"))
+
+    # Evaluate: compare with a second run (lower learning rate), the bootstrap verdicts in plain words
+    page.click("nav button[data-tab=train]")
+    page.fill("#train-name", "probe2")
+    page.fill("#f-optim-lr", "0.001")
+    page.click("#train-start")
+    page.wait_for_function("document.querySelector('#live-name').textContent === 'probe2' && "
+                           "document.querySelector('#live-status').textContent === 'finished'", timeout=240_000)
+    page.click("nav button[data-tab=evaluate]")
+    page.wait_for_function("document.querySelector('#eval-other').options.length > 1")
+    page.select_option("#eval-run", "probe")
+    page.select_option("#eval-other", "probe2")
+    page.click("#eval-compare")
+    page.wait_for_selector("#eval-verdicts li")
+    verdicts = page.locator("#eval-verdicts li").all_inner_texts()
+    assert [v.split(":")[0] for v in verdicts] == ["accuracy", "macro F1"] and page.inner_text("#eval-error") == ""
+    page.screenshot(path=str(shots / "compare.png"))
 
     # Playground: a typed text, then an uploaded image, with class probabilities
     page.click("nav button[data-tab=playground]")

@@ -117,6 +117,13 @@ def create_app(runs_dir: str | Path = "runs", password: str | None = None):
         except Exception as e:  # noqa: BLE001
             return HTMLResponse(f"<p>{_escape(error_line(e))}</p>", status_code=400)
 
+    @app.get("/api/compare")
+    def compare(a: str, b: str):
+        def both():
+            out = studio.compare(a, b)
+            return {"verdicts": out["verdicts"], "html": out["html"].read_text(encoding="utf-8")}
+        return answer(both)
+
     @app.get("/api/runs/{name}/{file:path}")
     def report_file(name: str, file: str):
         try:

@@ -302,6 +302,21 @@ class Studio:
             _, html = report_run(run_dir)
         return html
 
+    def compare(self, a: str, b: str) -> dict[str, Any]:
+        """``polymodal eval --compare A B``: two runs side by side with paired bootstrap intervals; its report.html and
+        the verdict lines in plain words ("B is better: the 95% interval ... excludes 0")."""
+        from ..eval import compare_runs
+
+        if a == b:
+            raise StudioError("choose two different runs to compare")
+        run_a, run_b = self.run_path(a), self.run_path(b)
+        for name, path in ((a, run_a), (b, run_b)):
+            if not (path / run_folder.METRICS).is_file():
+                raise StudioError(f"run {name} has no {run_folder.METRICS} yet: it has not finished")
+        md, html = compare_runs(run_a, run_b, run_b / f"compare-{a}")
+        verdicts = [line for line in md.read_text().splitlines() if line.startswith(("accuracy:", "macro F1:", "WER:"))]
+        return {"html": html, "verdicts": verdicts}
+
     def report_file(self, name: str, file: str) -> Path:
         """A file of a run's report folder (the page's plots), never one outside it."""
         from ..data.manifest import inside_root
