@@ -32,7 +32,7 @@ def missing_extra(e: ModuleNotFoundError) -> str | None:
 
 def build_parser() -> argparse.ArgumentParser:
     from . import (chat_cmd, compress_cmd, data_cmd, demo_cmd, encode_cmd, eval_cmd, export_cmd, generate_cmd, kb_cmd,
-                   models_cmd, predict_cmd, serve_cmd, train_cmd, transcribe_cmd, zeroshot_cmd)
+                   models_cmd, predict_cmd, serve_cmd, studio_cmd, train_cmd, transcribe_cmd, zeroshot_cmd)
 
     parser = argparse.ArgumentParser(
         prog="polymodal",
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logs and full tracebacks")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in (demo_cmd, data_cmd, encode_cmd, train_cmd, eval_cmd, predict_cmd, zeroshot_cmd, compress_cmd,
-                   export_cmd, serve_cmd, transcribe_cmd, models_cmd, kb_cmd, generate_cmd, chat_cmd):
+                   export_cmd, serve_cmd, transcribe_cmd, models_cmd, kb_cmd, generate_cmd, chat_cmd, studio_cmd):
         module.register(sub)
     return parser
 

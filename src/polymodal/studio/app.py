@@ -1,0 +1,153 @@
+"""The studio's web app: one self-contained page (``static/index.html``: no CDN, no web fonts, no build step) and a
+small JSON API over ``handlers`` (FastAPI, the ``serve`` stack). Every request's failure is one line of JSON
+(``{"error": ...}``), shown on the page; nothing here decides anything the library does not.
+
+No ``from __future__ import annotations`` here: FastAPI reads the endpoints' annotations (``UploadFile``, imported
+inside ``create_app``) at definition time.
+"""
+
+import base64
+import hmac
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any
+
+from .handlers import Studio, error_line
+
+PASSWORD_ENV = "POLYMODAL_STUDIO_PASSWORD"
+
+
+def create_app(runs_dir: str | Path = "runs", password: str | None = None):
+    """The studio's FastAPI app over the runs folder ``runs_dir``; with ``password`` (default: the
+    ``POLYMODAL_STUDIO_PASSWORD`` environment variable) every request needs HTTP basic auth with it (any user name)."""
+    from fastapi import Body, FastAPI, File, Form, Request, UploadFile
+    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+
+    password = password if password is not None else os.environ.get(PASSWORD_ENV) or None
+    studio = Studio(runs_dir)
+    app = FastAPI(title="polymodal studio", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.studio = studio
+    page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        if password:
+            scheme, _, token = request.headers.get("authorization", "").partition(" ")
+            given = ""
+            if scheme.lower() == "basic":
+                try:
+                    given = base64.b64decode(token).decode("utf-8").partition(":")[2]
+                except ValueError:
+                    given = ""
+            if not hmac.compare_digest(given.encode(), password.encode()):
+                return Response("password required", status_code=401,
+                                headers={"WWW-Authenticate": 'Basic realm="polymodal studio"'})
+        try:
+            return await call_next(request)
+        except Exception as e:  # noqa: BLE001 -- the page shows one line, never a traceback
+            return JSONResponse({"error": error_line(e)}, status_code=400)
+
+    def answer(fn, *args, **kwargs) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            return JSONResponse({"error": error_line(e)}, status_code=400)
+
+    @app.get("/", response_class=HTMLResponse)
+    def index() -> str:
+        return page
+
+    @app.get("/favicon.ico")
+    def favicon() -> Response:  # no request of the page may fail (the browser asks for one)
+        return Response(status_code=204)
+
+    from . import handlers as h
+
+    @app.get("/api/data")
+    def data(manifest: str):
+        return answer(h.data_view, manifest)
+
+    @app.post("/api/data/clean")
+    def clean(body: Annotated[dict, Body()]):
+        return answer(h.drop_bad_rows, body.get("manifest", ""), body.get("out", ""))
+
+    @app.get("/api/media")
+    def media(manifest: str, file: str):
+        try:
+            return FileResponse(h.media_file(manifest, file))
+        except Exception as e:  # noqa: BLE001
+            return JSONResponse({"error": error_line(e)}, status_code=404)
+
+    @app.get("/api/config/fields")
+    def fields():
+        return answer(h.config_fields)
+
+    @app.get("/api/config/encoders")
+    def encoders(manifest: str):
+        return answer(h.default_encoders, manifest)
+
+    @app.post("/api/train")
+    def train(body: Annotated[dict, Body()]):
+        def start():
+            job = studio.start(body.get("name", ""), body.get("manifest", ""), body.get("encoders") or {},
+                               {k: str(v) for k, v in (body.get("fields") or {}).items()}, bool(body.get("resume")))
+            return {"name": job.name, "status": job.status}
+        return answer(start)
+
+    @app.post("/api/runs/{name}/stop")
+    def stop(name: str):
+        return answer(lambda: {"name": name, "status": studio.stop(name).status})
+
+    @app.get("/api/runs")
+    def runs():
+        return answer(lambda: {"runs_dir": str(studio.runs_dir), "runs": studio.runs()})
+
+    @app.get("/api/runs/{name}")
+    def run_status(name: str):
+        def status():
+            s = studio.status(name)
+            return {**s, "eta": h.eta_text(s["eta_seconds"])}
+        return answer(status)
+
+    @app.get("/api/runs/{name}/report")
+    def report(name: str):
+        try:
+            return FileResponse(studio.report(name), media_type="text/html")
+        except Exception as e:  # noqa: BLE001
+            return HTMLResponse(f"<p>{_escape(error_line(e))}</p>", status_code=400)
+
+    @app.get("/api/compare")
+    def compare(a: str, b: str):
+        def both():
+            out = studio.compare(a, b)
+            return {"verdicts": out["verdicts"], "html": out["html"].read_text(encoding="utf-8")}
+        return answer(both)
+
+    @app.get("/api/runs/{name}/{file:path}")
+    def report_file(name: str, file: str):
+        try:
+            return FileResponse(studio.report_file(name, file))
+        except Exception as e:  # noqa: BLE001
+            return JSONResponse({"error": error_line(e)}, status_code=404)
+
+    @app.post("/api/classify")
+    async def classify(run: Annotated[str, Form()], text: Annotated[str, Form()] = "",
+                       image: Annotated[UploadFile | None, File()] = None):
+        data = await image.read() if image is not None else None
+        return answer(studio.classify, run, text, data or None)
+
+    return app
+
+
+def _escape(s: str) -> str:
+    import html
+
+    return html.escape(s)
+
+
+def serve(runs_dir: str | Path = "runs", host: str = "127.0.0.1", port: int = 7860, password: str | None = None) -> None:
+    """Run the studio with uvicorn until interrupted (``polymodal studio``)."""
+    import uvicorn
+
+    uvicorn.run(create_app(runs_dir, password), host=host, port=port, log_level="warning")
