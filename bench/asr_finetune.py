@@ -43,8 +43,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "bench"))
-from speech import LIBRIVOX_DIR, librivox, pct  # noqa: E402
+from _datasets import LIBRIVOX_DIR, librivox  # noqa: E402
+from _harness import pct  # noqa: E402
 
 DATA_ENV = "POLYMODAL_SHARED_DATA"
 THREADS = 2

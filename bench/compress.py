@@ -38,8 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fusion  # noqa: E402  (the rt-polarity split)
+from _datasets import write_rt  # noqa: E402  (the rt-polarity split of bench/fusion.py)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_ENV = "POLYMODAL_SHARED_DATA"
@@ -103,7 +102,7 @@ def run(data: Path, workdir: Path, quick: bool, reuse: Path | None = None) -> di
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     n_train, test_every, seconds = (200, 10, 0.5) if quick else (2000, 1, 4.0)
-    manifest, counts = fusion.write_rt(data, workdir / "rt", n_train, test_every)
+    manifest, counts = write_rt(data, workdir / "rt", n_train, test_every)
     log(f"rt-polarity: {counts['train']} training sentences, {counts['test']} test; full fine-tuning of minilm")
     cfg = config_from_dict({
         "data": {"manifest": str(manifest)}, "model": {"encoders": {"text": "minilm"}, "fusion": {"kind": "early"}},

@@ -25,9 +25,7 @@ import io
 import json
 import os
 import pickle
-import platform
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,19 +36,13 @@ from pathlib import Path
 
 import numpy as np
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-RESULTS = REPO_ROOT / "bench" / "results"
-DATA_ENV = "POLYMODAL_SHARED_DATA"
-THREADS = 2
-PAIRING_SEED = 0  # fixes the speaker split, the image split and the image-clip pairing
-FSDD_CLIP_SECONDS = 1.0
+from _datasets import (DIGIT_IMAGE_SIZE_PX, FSDD_CLIP_SECONDS, IMAGE_TEST_FRACTION, IMAGE_VAL_FRACTION,  # noqa: E402
+                       PAIRING_SEED, AVDigits, write_av_digits, write_esc10, write_rt)
+from _harness import DATA_ENV, LOADS, REPO_ROOT, RESULTS, THREADS, Spawner, header, log, vm_hwm_kib  # noqa: E402
+
 ESC10_CLIP_SECONDS = 5.0
-DIGIT_IMAGE_SIZE_PX = 64
-IMAGE_TEST_FRACTION = 0.3
-IMAGE_VAL_FRACTION = 0.1
 AV_VARIANTS = ("image only", "audio only", "early", "gated", "cross_attention", "late")
 AUDIO_CANDIDATES = ("audio-cnn", "efficientnet-lite0-mel")
-RT_TEST_FRACTION = 0.1
 
 
 @dataclass(frozen=True)
@@ -73,138 +65,6 @@ class Sizes:
 
 FULL = Sizes(1, (0, 1, 2), 20, 64, 1, 30, 3, 2000, 1, 20, 1, 8)
 QUICK = Sizes(6, (0, 1), 3, 8, 3, 3, 1, 60, 20, 2, 1, 2)
-
-
-LOADS: list[float] = []  # 1-minute load average at every log line: how busy the shared machine was
-
-
-def log(msg: str) -> None:
-    LOADS.append(os.getloadavg()[0])
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-# ---------------------------------------------------------------- data
-
-
-def local_copy(src: Path, folder: Path) -> Path:
-    """A hard link (else a copy) of ``src`` inside ``folder``: training refuses media outside the manifest's folder,
-    symlinks included (`path_escapes_root`), and the shared data folder is read-only to us."""
-    folder.mkdir(parents=True, exist_ok=True)
-    dst = folder / src.name
-    if not dst.exists():
-        try:
-            os.link(src, dst)
-        except OSError:
-            shutil.copy2(src, dst)
-    return dst
-
-
-@dataclass
-class AVDigits:
-    manifest: Path
-    test_speakers: list[str]
-    val_speaker: str
-    train_speakers: list[str]
-    counts: dict[str, int]  # split -> rows
-    images: int  # sklearn digits used
-
-
-def write_av_digits(data: Path, folder: Path, every: int) -> AVDigits:
-    """Write the sklearn digits as 8x8 PNGs and a manifest pairing each with an FSDD clip of the same digit.
-
-    Speakers: two drawn (seeded) for test, one for validation, the other three for training. Images: a stratified
-    seeded 60/10/30 train/val/test split. Each image gets a clip of its digit from a speaker of its split, drawn
-    without replacement, so no clip and no image is used twice.
-    """
-    from PIL import Image
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    rng = np.random.default_rng(PAIRING_SEED)
-    digits = load_digits()
-    images, labels = digits.images[::every], digits.target[::every]
-    (folder / "digits").mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i, img in enumerate(images):  # values 0..16, ink high
-        path = folder / "digits" / f"{i:04d}_{labels[i]}.png"
-        Image.fromarray(np.round(img * 255 / 16).astype(np.uint8), mode="L").save(path)
-        paths.append(path)
-
-    fsdd = data / "audio" / "fsdd"
-    with open(fsdd / "manifest.csv", newline="") as f:
-        clips = list(csv.DictReader(f))
-    speakers = sorted({c["speaker"] for c in clips})
-    order = [str(s) for s in rng.permutation(speakers)]
-    speaker_split = {s: "test" for s in order[:2]} | {order[2]: "val"} | {s: "train" for s in order[3:]}
-
-    idx = np.arange(len(images))
-    rest, test = train_test_split(idx, test_size=IMAGE_TEST_FRACTION, stratify=labels, random_state=PAIRING_SEED)
-    train, val = train_test_split(rest, test_size=IMAGE_VAL_FRACTION / (1 - IMAGE_TEST_FRACTION),
-                                  stratify=labels[rest], random_state=PAIRING_SEED)
-    image_split = {int(i): s for s, part in (("train", train), ("val", val), ("test", test)) for i in part}
-
-    pools: dict[tuple[str, str], list[dict]] = {}
-    for c in clips:
-        pools.setdefault((speaker_split[c["speaker"]], c["label"]), []).append(c)
-    for pool in pools.values():
-        rng.shuffle(pool)
-    rows = []
-    for i in idx:
-        split, label = image_split[int(i)], str(labels[i])
-        clip = pools[(split, label)].pop()  # IndexError would mean too few clips: cannot happen at these sizes
-        audio = local_copy(fsdd / clip["audio"], folder / "fsdd")
-        rows.append({"image": str(paths[i].relative_to(folder)), "audio": str(audio.relative_to(folder)), "label": label,
-                     "split": split, "speaker": clip["speaker"]})
-    manifest = folder / "av_digits.csv"
-    with open(manifest, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["image", "audio", "label", "split", "speaker"])
-        w.writeheader()
-        w.writerows(rows)
-    counts = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
-    return AVDigits(manifest, order[:2], order[2], sorted(order[3:]), counts, len(images))
-
-
-def write_esc10(data: Path, folder: Path, every: int) -> tuple[Path, dict[str, int]]:
-    """ESC-10 manifest: fold 1 (the first number of a file name) is the test split, folds 2-5 train."""
-    files = sorted((data / "audio" / "esc10").glob("*/*.ogg"))[::every]
-    rows = [{"audio": str(local_copy(p, folder / p.parent.name).relative_to(folder)), "label": p.parent.name,
-             "split": "test" if p.name.split("-")[0] == "1" else "train"} for p in files]
-    path = folder / "esc10.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["audio", "label", "split"])
-        w.writeheader()
-        w.writerows(rows)
-    return path, {s: sum(r["split"] == s for r in rows) for s in ("train", "test")}
-
-
-def write_rt(data: Path, folder: Path, n_train: int, test_every: int) -> tuple[Path, dict[str, int]]:
-    """rt-polarity: a fixed stratified 90/10 split (seed 0) of all 10,662 sentences; the first ``n_train`` of the
-    shuffled 90% (half of each class) train, the whole 10% (every ``test_every``-th) tests."""
-    from sklearn.model_selection import train_test_split
-
-    texts, labels = [], []
-    for label in ("pos", "neg"):
-        raw = (data / "text" / "rt-polarity" / f"rt-polarity.{label}").read_bytes()
-        for line in raw.decode("utf-8", "replace").splitlines():  # a few odd bytes: replaced, not fatal
-            if line.strip():
-                texts.append(line.strip())
-                labels.append(label)
-    idx = np.arange(len(texts))
-    pool, test = train_test_split(idx, test_size=RT_TEST_FRACTION, stratify=labels, random_state=PAIRING_SEED)
-    by_label = {label: [i for i in pool if labels[i] == label] for label in ("pos", "neg")}
-    train = by_label["pos"][: n_train // 2] + by_label["neg"][: n_train // 2]  # pool is already shuffled
-    rows = [{"text": texts[i], "label": labels[i], "split": "train"} for i in train]
-    rows += [{"text": texts[i], "label": labels[i], "split": "test"} for i in test[::test_every]]
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "rt_polarity.csv"
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["text", "label", "split"])
-        w.writeheader()
-        w.writerows(rows)
-    return path, {"pool": len(pool), "all": len(texts), "train": len(train), "test": len(test[::test_every])}
-
-
-# ---------------------------------------------------------------- part 1: AV digits
 
 
 def av_config(manifest: Path, variant: str, audio_model: str, seed: int, epochs: int, out_dir: Path) -> dict:
@@ -377,49 +237,6 @@ def plot_bars(runs: dict[str, list[dict]], path: Path, audio_model: str) -> None
 
 
 # ---------------------------------------------------------------- part 2: tuning modes, one child process each
-
-# A child's ru_maxrss from os.wait4 starts at its parent's high-water mark: at exec the kernel folds the peak RSS of
-# the address space being replaced (the parent's, shared or copied at fork) into the child's maxrss. Measured here:
-# a parent at 1.5 GiB spawning `python -c pass` reads back 1.5 GiB. So the training children are started by this
-# tiny spawner, itself started before torch is imported: their floor is its ~10 MiB, not this process's RSS.
-SPAWNER_CODE = """
-import json, os, subprocess, sys
-for line in sys.stdin:
-    spec = json.loads(line)
-    proc = subprocess.Popen(spec["argv"], env=spec["env"], stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)  # rusage of this one child, not of all children so far
-    print(json.dumps({"code": os.waitstatus_to_exitcode(status), "maxrss_kib": usage.ru_maxrss}), flush=True)
-"""
-
-
-class Spawner:
-    """Runs commands from a small process and returns each one's exit code and own peak RSS (KiB)."""
-
-    def __init__(self):
-        self.proc = subprocess.Popen([sys.executable, "-c", SPAWNER_CODE], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-
-    def run(self, argv: list[str], env: dict[str, str]) -> tuple[int, int]:
-        self.proc.stdin.write(json.dumps({"argv": argv, "env": env}) + "\n")
-        self.proc.stdin.flush()
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError("the spawner process died")
-        r = json.loads(line)
-        return r["code"], r["maxrss_kib"]
-
-    def close(self) -> None:
-        self.proc.stdin.close()
-        self.proc.wait()
-
-
-def vm_hwm_kib() -> int:
-    """This process's own peak RSS since exec (VmHWM), independent of its parent."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
-
 
 def child_main(spec: dict) -> None:
     """Runs in a fresh interpreter: one ``train`` call; writes its wall time and RSS after imports."""
@@ -632,41 +449,12 @@ def _acc(runs: list[dict], key: str = "accuracy") -> list[float]:
     return [m["test"][key] for m in runs]
 
 
-def _header(r: dict, args, title: str, script: str) -> list[str]:
-    import sklearn
-    import torch
-
-    import polymodal
-
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor() or "unknown CPU")
-    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    command = f"python bench/{script}" + (" --quick" if args.quick else "") + (f" --data {args.data_arg}" if args.data_arg else "")
-    (l1s, _, _), (l1e, _, _) = r["load"]
-    loads = r.get("loads")  # absent in reports saved before it was recorded
-    return [
-        title + (" (QUICK smoke run)" if args.quick else ""),
-        "",
-        f"- Date: {r['date']}",
-        f"- Machine: {os.cpu_count()} CPU cores ({cpu}), {mem_gib:.0f} GiB RAM, no GPU used; "
-        f"torch {torch.__version__} with {THREADS} threads, scikit-learn {sklearn.__version__}, "
-        f"Python {platform.python_version()}, polymodal {polymodal.__version__}",
-        f"- Command: `{command}` from the repository root; data: `{args.data}`",
-        f"- Total run time: {r['runtime_s'] / 60:.1f} min",
-        f"- The machine is shared with other people's test runs (1-minute load average {l1s:.2f} at the start, "
-        f"{l1e:.2f} at the end" + (f", {min(loads):.2f}-{max(loads):.2f} over the {len(loads)} log lines of the run"
-                                     if loads else "") + f", on {os.cpu_count()} cores), so absolute timings are pessimistic and noisy; every comparison below is between "
-        "numbers taken in this same run.",
-        "",
-    ]
-
-
 def render(r: dict, args) -> str:
     a = r["av"]
     av: AVDigits = a["av"]
     runs = a["runs"]
     seeds = len(a["seeds"])
-    L = _header(r, args, "# Fusion and tuning benchmark: audio-visual digits, ESC-10, rt-polarity", "fusion.py")
+    L = header(r, args, "# Fusion and tuning benchmark: audio-visual digits, ESC-10, rt-polarity", "fusion.py")
     L += [
         "## 1. Audio-visual digits: does fusion beat the best single modality?",
         "",

@@ -38,12 +38,12 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import fusion  # noqa: E402  (the AV-digit data, the report header)
+from _datasets import DIGIT_IMAGE_SIZE_PX, FSDD_CLIP_SECONDS, write_av_digits  # noqa: E402
+from _harness import LOADS, header, log  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA_ENV = "POLYMODAL_SHARED_DATA"
-THREADS = fusion.THREADS
+from _harness import THREADS  # noqa: E402
 PARTS = ("logging", "validation", "checkpoints")  # what polymodal's loop adds, each switchable off here
 
 
@@ -62,11 +62,6 @@ FULL = Sizes(1, 20, 5, 320, 64, 2, 3)
 QUICK = Sizes(6, 2, 1, 48, 16, 1, 1)
 
 
-def log(msg: str) -> None:
-    fusion.LOADS.append(os.getloadavg()[0])
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
 # ---------------------------------------------------------------- polymodal's loop, with parts switched off
 
 
@@ -82,17 +77,18 @@ def loop_parts(off: set[str], n_classes: int, spent: dict[str, float] | None = N
     """
     import torch
 
+    from polymodal.classify import task as head
     from polymodal.train import checkpoint as ckpt
     from polymodal.train import loop
 
-    names = [(loop, "_log"), (loop, "_tensorboard"), (loop, "predict_split"), (loop, "scores"), (loop, "_finish"),
-             (ckpt, "save_weights"), (ckpt, "save_checkpoint"), (ckpt, "load_weights")]
+    names = [(loop, "_log"), (loop, "open_trackers"), (head, "predict_split"), (head, "scores"),
+             (head, "write_results"), (ckpt, "save_weights"), (ckpt, "save_checkpoint"), (ckpt, "load_weights")]
     saved = {key: getattr(*key) for key in names}
     in_loop = [True]
 
     def finish(*a, **k):
         in_loop[0] = False
-        return saved[(loop, "_finish")](*a, **k)
+        return saved[(head, "write_results")](*a, **k)
 
     def timed(part: str, fn):
         def wrapper(*a, **k):
@@ -110,16 +106,16 @@ def loop_parts(off: set[str], n_classes: int, spent: dict[str, float] | None = N
     def uniform(model, inputs, *a, **k):
         return torch.full((len(inputs.examples), n_classes), 1.0 / n_classes)
 
-    patches = {(loop, "_finish"): finish}
+    patches = {(head, "write_results"): finish}
     if spent is not None:
         patches |= {(loop, "_log"): timed("logging", loop._log),
-                    (loop, "predict_split"): timed("validation", loop.predict_split),
-                    (loop, "scores"): timed("validation", loop.scores),
+                    (head, "predict_split"): timed("validation", head.predict_split),
+                    (head, "scores"): timed("validation", head.scores),
                     **{(ckpt, n): timed("checkpoints", getattr(ckpt, n)) for n in ("save_weights", "save_checkpoint", "load_weights")}}
     if "logging" in off:
-        patches |= {(loop, "_log"): nothing, (loop, "_tensorboard"): nothing}
+        patches |= {(loop, "_log"): nothing, (loop, "open_trackers"): lambda *a, **k: []}
     if "validation" in off:
-        patches |= {(loop, "predict_split"): uniform, (loop, "scores"): lambda *a, **k: {"accuracy": 0.0, "macro_f1": 0.0}}
+        patches |= {(head, "predict_split"): uniform, (head, "scores"): lambda *a, **k: {"accuracy": 0.0, "macro_f1": 0.0}}
     if "checkpoints" in off:
         patches |= {(ckpt, n): nothing for n in ("save_weights", "save_checkpoint", "load_weights")}
     for (mod, name), fn in patches.items():
@@ -289,8 +285,8 @@ def plain_full(cfg_dict: dict, train_examples: list, y_train, test_examples: lis
 
 def probe_config(manifest: Path, epochs: int) -> dict:
     return {"data": {"manifest": str(manifest)},
-            "model": {"encoders": {"image": {"model": "efficientnet-lite0", "image_size": fusion.DIGIT_IMAGE_SIZE_PX},
-                                   "audio": {"model": "audio-cnn", "clip_seconds": fusion.FSDD_CLIP_SECONDS}},
+            "model": {"encoders": {"image": {"model": "efficientnet-lite0", "image_size": DIGIT_IMAGE_SIZE_PX},
+                                   "audio": {"model": "audio-cnn", "clip_seconds": FSDD_CLIP_SECONDS}},
                       "fusion": {"kind": "early"}},
             "tuning": {"mode": "linear_probe"},
             "optim": {"epochs": epochs, "batch_size": 32, "seed": 0, "device": "cpu"}}
@@ -298,7 +294,7 @@ def probe_config(manifest: Path, epochs: int) -> dict:
 
 def full_config(manifest: Path, epochs: int) -> dict:
     return {"data": {"manifest": str(manifest)},
-            "model": {"encoders": {"audio": {"model": "audio-cnn", "clip_seconds": fusion.FSDD_CLIP_SECONDS}},
+            "model": {"encoders": {"audio": {"model": "audio-cnn", "clip_seconds": FSDD_CLIP_SECONDS}},
                       "fusion": {"kind": "early"}},
             "tuning": {"mode": "full"},
             "optim": {"epochs": epochs, "batch_size": 32, "encoder_lr": 1e-3, "seed": 0, "device": "cpu"}}
@@ -354,10 +350,10 @@ def run(args) -> None:
     report: dict = {"sizes": sizes}
     try:
         t0 = time.perf_counter()
-        av = fusion.write_av_digits(args.data, workdir / "av", sizes.digits_every)
+        av = write_av_digits(args.data, workdir / "av", sizes.digits_every)
         examples = load_manifest(av.manifest).examples
-        encode(EncoderConfig("efficientnet-lite0", image_size=fusion.DIGIT_IMAGE_SIZE_PX), examples, "image", progress=False)
-        encode(EncoderConfig("audio-cnn", clip_seconds=fusion.FSDD_CLIP_SECONDS), examples, "audio", progress=False)
+        encode(EncoderConfig("efficientnet-lite0", image_size=DIGIT_IMAGE_SIZE_PX), examples, "image", progress=False)
+        encode(EncoderConfig("audio-cnn", clip_seconds=FSDD_CLIP_SECONDS), examples, "audio", progress=False)
         timings["AV digits: PNGs, manifest, encode every row (image + audio-cnn)"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         check_manifest(load_manifest(av.manifest), progress=False)
@@ -415,7 +411,7 @@ def run(args) -> None:
     report["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     report["timings"] = timings
     report["load"] = (load_start, os.getloadavg())
-    report["loads"] = fusion.LOADS
+    report["loads"] = LOADS
     saved = REPO_ROOT / "bench" / "work" / ("loop-quick.pkl" if args.quick else "loop.pkl")  # git-ignored
     saved.parent.mkdir(parents=True, exist_ok=True)
     saved.write_bytes(pickle.dumps({"report": report, "args": args}))
@@ -430,7 +426,7 @@ def _median(ts: list[Timing], attr: str = "loop_s") -> float:
 
 
 def render(r: dict, args) -> str:
-    L = fusion._header(r, args, "# Training-loop benchmark: polymodal's loop vs a plain PyTorch loop", "loop.py")
+    L = header(r, args, "# Training-loop benchmark: polymodal's loop vs a plain PyTorch loop", "loop.py")
     p = r["probe"]
     res = p["results"]
     plain = res["plain PyTorch loop"]
@@ -440,7 +436,7 @@ def render(r: dict, args) -> str:
     L += [
         "## 1. Linear probe: early fusion on cached features",
         "",
-        f"The audio-visual digits of `bench/fusion.py` (efficientnet-lite0 at {fusion.DIGIT_IMAGE_SIZE_PX} px, "
+        f"The audio-visual digits of `bench/fusion.py` (efficientnet-lite0 at {DIGIT_IMAGE_SIZE_PX} px, "
         f"{p['dims']['image']}-d, and audio-cnn, {p['dims']['audio']}-d, features read from a warm cache): "
         f"{p['n_train']:,} training rows, {p['n_val']} validation rows, {p['epochs']} epochs of batch 32, seed 0, the "
         "early-fusion head (hidden 256). Both loops use the model from `build_classifier`, the same feature tensors, "

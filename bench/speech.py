@@ -28,7 +28,6 @@ Data: ``--data DIR``, else ``$POLYMODAL_SHARED_DATA``, else ``../shared/data``. 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import platform
 import shutil
@@ -38,43 +37,14 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA_ENV = "POLYMODAL_SHARED_DATA"
-LIBRIVOX_DIR = Path("/usr/share/pocketsphinx/test/data/librivox")
-THREADS = 2
+from _datasets import LIBRIVOX_DIR, fsdd_test, librivox  # noqa: E402
+from _harness import DATA_ENV, LOADS, REPO_ROOT, THREADS, log, pct  # noqa: E402
+
 ENGINES = (  # (row label, engine, model, compute type)
     ("pocketsphinx (en-us, general LM)", "pocketsphinx", "", "int8"),
     ("Whisper base zero-shot, faster-whisper int8", "faster-whisper", "whisper-base", "int8"),
     ("Whisper base zero-shot, converted, transformers fp32", "transformers", "whisper-base-hf", "int8"),
 )
-LOADS: list[float] = []
-
-
-def log(msg: str) -> None:
-    LOADS.append(os.getloadavg()[0])
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def fsdd_test(data: Path, every: int) -> list[dict]:
-    root = data / "audio" / "fsdd"
-    with open(root / "manifest.csv", newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["split"] == "test"][::every]
-    return [{"path": root / r["audio"], "text": r["text"], "speaker": r["speaker"]} for r in rows]
-
-
-def librivox() -> list[dict]:
-    if not (LIBRIVOX_DIR / "transcription").is_file():
-        return []
-    rows = []
-    for line in (LIBRIVOX_DIR / "transcription").read_text().splitlines():
-        text, _, fileid = line.rpartition("(")
-        text = text.replace("<s>", "").replace("</s>", "").strip()
-        path = LIBRIVOX_DIR / f"{fileid.strip(' )')}.wav"
-        if path.is_file():
-            rows.append({"path": path, "text": text, "speaker": "austen-reader"})
-    return rows
-
-
 def run_engine(recognizer, rows: list[dict]) -> dict:
     from polymodal.data.audio import SAMPLE_RATE_HZ, load_audio
     from polymodal.eval.asr import asr_scores
@@ -86,10 +56,6 @@ def run_engine(recognizer, rows: list[dict]) -> dict:
     audio_s = sum(len(w) for w in waves) / SAMPLE_RATE_HZ
     report = asr_scores([r["text"] for r in rows], hyps, speakers=[r["speaker"] for r in rows])
     return {"report": report, "hyps": hyps, "decode_s": seconds, "audio_s": audio_s, "rtf": seconds / audio_s}
-
-
-def pct(x: float) -> str:
-    return f"{100 * x:.1f}%"
 
 
 def write_markdown(path: Path, args, results: dict, datasets: dict, started: float, load_start, comparison) -> None:
@@ -209,5 +175,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(REPO_ROOT / "src"))
     sys.exit(main())
