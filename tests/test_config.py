@@ -89,7 +89,10 @@ def test_train_takes_overrides_and_a_bad_lora_target_is_one_error_line(tmp_path,
     assert main(["train", str(config), "optim.epochz=2"]) == 2
     assert "optim.epochz: unknown field; did you mean 'epochs'?" in capsys.readouterr().err
     assert main(["train", str(config), "tuning.mode=lora", "tuning.lora.r=2", "optim.epochs=2"]) == 0
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    # output is not a terminal here: no carriage-return progress bars (checking, encoding, epochs)
+    assert "step/s" not in captured.err and "checking:" not in captured.err and "encoding text" not in captured.err
     # one console line per epoch: training loss, every validation score, the best so far
     lines = [line for line in out.splitlines() if line.startswith("epoch ")]
     assert len(lines) == 2 and lines[0].startswith("epoch 1/2: train_loss ") and lines[1].startswith("epoch 2/2: ")

@@ -54,7 +54,7 @@ def check_manifest(
     problems = list(manifest.parse_problems)
     bad_parse = {p.row for p in problems}
     allowed = set(labels) if labels is not None else _train_labels(manifest)
-    for ex in tqdm(manifest.examples, desc="checking", unit="row", disable=not progress, leave=False):
+    for ex in tqdm(manifest.examples, desc="checking", unit="row", disable=None if progress else True, leave=False):
         if ex.row in bad_parse:
             continue
         problems.extend(_check_example(ex, manifest, allowed, limits))

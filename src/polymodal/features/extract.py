@@ -123,7 +123,7 @@ def _run_encoder(encoder: Encoder, modality: str, examples: list[Example], keys:
         encoder.eval()
     sample_rate = getattr(encoder, "sample_rate", None)
     out: dict[str, dict[str, torch.Tensor]] = {}
-    bar = tqdm(total=len(examples), desc=f"encoding {modality}", unit="item", disable=not progress)
+    bar = tqdm(total=len(examples), desc=f"encoding {modality}", unit="item", disable=None if progress else True)
     try:
         for start in range(0, len(examples), batch_size):
             batch = examples[start : start + batch_size]

@@ -211,7 +211,7 @@ def answer_all(run: InstructRun, items: list[Conversation], features: dict[str, 
 
     order = sorted(range(len(items)), key=lambda i: sum(len(t.content) for t in items[i].prompt_turns))
     answers: list[str] = [""] * len(items)
-    for start in tqdm(range(0, len(order), batch_size), desc="generating", unit="batch", disable=not progress, leave=False):
+    for start in tqdm(range(0, len(order), batch_size), desc="generating", unit="batch", disable=None if progress else True, leave=False):
         chunk = order[start : start + batch_size]
         prompts = [items[i].prompt_turns for i in chunk]
         feats = None if features is None else \

@@ -199,7 +199,7 @@ def _embed_pending(store: ChunkStore, encoder: _LazyEncoder, batch_size: int, pr
     if not pending:
         return
     module = encoder.get(store)
-    with tqdm(total=len(pending), desc="embedding chunks", unit="chunk", disable=not progress) as bar:
+    with tqdm(total=len(pending), desc="embedding chunks", unit="chunk", disable=None if progress else True) as bar:
         for i in range(0, len(pending), batch_size):
             batch = pending[i:i + batch_size]
             texts = [text for _, text, _ in batch]

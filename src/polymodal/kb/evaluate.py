@@ -110,7 +110,7 @@ def _answer_scores(questions: list[Question], gold: list[str], retrievals: list[
     rows = []
     start = time.perf_counter()
     oracle_hits = _oracle_hits(kb, [questions[i] for i in chosen]) if oracle else None
-    for n, i in enumerate(tqdm(chosen, desc="answering", unit="question", disable=not progress)):
+    for n, i in enumerate(tqdm(chosen, desc="answering", unit="question", disable=None if progress else True)):
         q = questions[i]
         r = retrievals[i]
         result = answer_from(Retrieval(r.question, r.hits[:k], r.best_dense), answerer, k, threshold)

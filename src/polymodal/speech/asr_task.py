@@ -143,7 +143,7 @@ class AsrTask:
         first = {k: e for k, e in zip(reversed(keys), reversed(examples))}  # one example per distinct clip
         bs = self.cfg.optim.batch_size
         device = next(self.model.parameters()).device
-        for i in tqdm(range(0, len(todo), bs), desc=desc, unit="batch", disable=not self.progress or not todo, leave=False):
+        for i in tqdm(range(0, len(todo), bs), desc=desc, unit="batch", disable=None if self.progress and todo else True, leave=False):
             chunk = todo[i : i + bs]
             waves, _ = self._pairs([first[k] for k in chunk])
             feats = self.processor.feature_extractor(waves, sampling_rate=16000, return_tensors="pt").input_features
@@ -172,7 +172,7 @@ class AsrTask:
             kwargs["language"] = a.language
         out: list[str] = []
         bs = self.cfg.optim.batch_size
-        for i in tqdm(range(0, len(examples), bs), desc=desc, unit="batch", disable=not self.progress, leave=False):
+        for i in tqdm(range(0, len(examples), bs), desc=desc, unit="batch", disable=None if self.progress else True, leave=False):
             chunk = examples[i : i + bs]
             if self.encoder_cache is not None:
                 from transformers.modeling_outputs import BaseModelOutput

@@ -82,7 +82,7 @@ def transcribe_examples(examples: list[Example], model: str = "whisper-base", pr
             recognizer = recognizer_for(model)
             items = list(todo.items())
             for i in tqdm(range(0, len(items), BATCH), desc=f"transcribing ({model})", unit="batch",
-                          disable=not progress, leave=False):
+                          disable=None if progress else True, leave=False):
                 chunk = items[i : i + BATCH]
                 segments = transcribe_waves([load_audio(e.audio) for _, e in chunk], recognizer)
                 done = {key: " ".join(s.text for s in segs) for (key, _), segs in zip(chunk, segments)}

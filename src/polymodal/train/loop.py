@@ -174,7 +174,7 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
         steps = [batches[i : i + cfg.optim.grad_accum] for i in range(0, len(batches), cfg.optim.grad_accum)]
         first = position["batch"] if epoch == position["epoch"] else 0
         bar = tqdm(total=len(steps), initial=first, desc=f"epoch {epoch + 1}/{cfg.optim.epochs}", unit="step",
-                   disable=not (progress and main_process), leave=False)
+                   disable=None if progress and main_process else True, leave=False)
         model.train()
         task.on_epoch_start(epoch)
         epoch_loss, epoch_steps = 0.0, 0
