@@ -233,3 +233,10 @@ def test_chat_one_turn_then_a_second_with_the_history(tiny_model_dir, tmp_path):
         studio.chat(lm, [], "  ")
     with pytest.raises(h.StudioError, match="role"):
         studio.chat(lm, [{"role": "system?", "content": "x"}], "hi")
+
+
+def test_the_studio_command_binds_this_machine_only_by_default():
+    from polymodal.cli.main import build_parser
+
+    args = build_parser().parse_args(["studio"])
+    assert (args.host, args.port, str(args.runs)) == ("127.0.0.1", 7860, "runs")
