@@ -218,3 +218,25 @@ def test_app_errors_are_one_json_line_and_the_password_guards_every_request(data
     assert locked.get("/api/runs", headers={"Authorization": f"Basic {bad}"}).status_code == 401
     good = base64.b64encode(b"user:s3cret").decode()
     assert locked.get("/api/runs", headers={"Authorization": f"Basic {good}"}).json()["runs"] == []
+
+
+def test_chat_one_turn_then_a_second_with_the_history(tiny_model_dir, tmp_path):
+    studio = h.Studio(tmp_path / "runs")
+    lm = str(tiny_model_dir("chat_llama"))
+    first = studio.chat(lm, [], "hello", max_new_tokens=4)
+    assert isinstance(first["answer"], str)
+    assert [t["role"] for t in first["history"]] == ["user", "assistant"]
+    assert first["history"][1]["content"] == first["answer"]
+    second = studio.chat(lm, first["history"], "and then?", max_new_tokens=4)
+    assert [t["role"] for t in second["history"]] == ["user", "assistant"] * 2
+    with pytest.raises(h.StudioError, match="type a message"):
+        studio.chat(lm, [], "  ")
+    with pytest.raises(h.StudioError, match="role"):
+        studio.chat(lm, [{"role": "system?", "content": "x"}], "hi")
+
+
+def test_the_studio_command_binds_this_machine_only_by_default():
+    from polymodal.cli.main import build_parser
+
+    args = build_parser().parse_args(["studio"])
+    assert (args.host, args.port, str(args.runs)) == ("127.0.0.1", 7860, "runs")

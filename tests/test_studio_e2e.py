@@ -1,6 +1,6 @@
 """The studio end to end in headless Chromium (Debian's system browser driven by Playwright for Python): load a
 manifest and see its check table, train a linear-probe run on tiny models to completion, open its report, compare
-it with a second run, classify a text and an image in the playground. Any console error of the page fails the test. A screenshot of each tab goes
+it with a second run, classify a text and an image in the playground, chat one turn. Any console error of the page fails the test. A screenshot of each tab goes
 to the folder in POLYMODAL_STUDIO_SHOTS (``POLYMODAL_STUDIO_SHOTS=docs/studio`` refreshes the README's), else to
 the test's temporary folder, so a test run leaves the checkout unchanged.
 
@@ -151,6 +151,15 @@ def test_studio_in_a_real_browser(browser, studio_url, tiny_model_dir, tmp_path)
     assert page.inner_text("#play-error") == ""
     assert page.locator("#play-result tbody tr").count() == 3
     page.fill("#play-text", "red apple")
+
+    # Chat: one turn with a (tiny, random-weight) chat model; the bundled smollm2 is the field's default
+    page.fill("#chat-model", str(tiny_model_dir("chat_llama")))
+    page.fill("#chat-message", "hello")
+    page.click("#chat-send")
+    page.wait_for_function("document.querySelector('.chat-assistant') || document.querySelector('#chat-error').textContent",
+                           timeout=120_000)
+    assert page.inner_text("#chat-error") == ""
+    assert page.locator("#chat-log p").count() == 2
     page.screenshot(path=str(shots / "playground.png"))
 
     assert errors == []

@@ -131,6 +131,10 @@ def create_app(runs_dir: str | Path = "runs", password: str | None = None):
         except Exception as e:  # noqa: BLE001
             return JSONResponse({"error": error_line(e)}, status_code=404)
 
+    @app.post("/api/chat")
+    def chat(body: Annotated[dict, Body()]):
+        return answer(studio.chat, body.get("model", "smollm2"), body.get("history") or [], body.get("message", ""))
+
     @app.post("/api/classify")
     async def classify(run: Annotated[str, Form()], text: Annotated[str, Form()] = "",
                        image: Annotated[UploadFile | None, File()] = None):

@@ -362,6 +362,35 @@ class Studio:
         return {"run": name, "probabilities": [{"label": label, "p": p} for label, p in ranked]}
 
 
+    # --- Chat ---
+
+    def chat(self, model: str, history: list[dict[str, str]], message: str, max_new_tokens: int = 128) -> dict[str, Any]:
+        """One chat turn, as ``polymodal chat`` answers it: ``model`` is a run under the runs folder (an instruct run),
+        or what ``load_instruct`` takes (smollm2, a folder, a hub id); ``history`` the earlier turns
+        (``{"role": "user" | "assistant", "content": ...}``). Returns the answer and the history with both turns."""
+        from ..instruct.data import Turn
+        from ..instruct.generate import GenerationOptions, generate
+        from ..instruct.model import load_instruct
+
+        if not message or not message.strip():
+            raise StudioError("type a message")
+        model = (model or "smollm2").strip()
+        ref = str(self.runs_dir / model) if re.fullmatch(r"[\w.-]+", model) and run_folder.is_run(self.runs_dir / model) \
+            else model
+        key = f"lm:{ref}"
+        if key not in self._loaded:
+            self._loaded[key] = (0.0, load_instruct(ref))
+        turns = []
+        for t in history:
+            if t.get("role") not in ("user", "assistant"):
+                raise StudioError(f"chat history: role {t.get('role')!r} is not user or assistant")
+            turns.append(Turn(t["role"], str(t.get("content", ""))))
+        turns.append(Turn("user", message))
+        answer = generate(self._loaded[key][1], [turns], GenerationOptions(max_new_tokens=max_new_tokens))[0]
+        return {"answer": answer, "history": [*history, {"role": "user", "content": message},
+                                              {"role": "assistant", "content": answer}]}
+
+
 def read_log(path: Path) -> list[dict[str, Any]]:
     """log.csv as numbers (empty cells: None); none yet when the run has not logged."""
     if not path.is_file():
