@@ -12,7 +12,7 @@ API_KEY_ENV = "POLYMODAL_API_KEY"
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..serve.config import ServeConfig
-    from .train_cmd import _field_comments
+    from ..train.config import field_comments
 
     p = sub.add_parser("serve", help="serve a trained run over HTTP (predict, embed, transcribe, metrics)",
                        description="Start an HTTP service for a run folder: POST /v1/predict and /v1/embed (JSON "
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    f"${API_KEY_ENV} (a flag would show it in the process list).")
     p.add_argument("run", type=Path, help="run folder written by `polymodal train`; an asr run, or a Whisper model "
                                           "folder (faster-whisper or transformers), is served at POST /v1/transcribe")
-    comments = _field_comments(ServeConfig)
+    comments = field_comments(ServeConfig)
     for f in dataclasses.fields(ServeConfig):
         if f.name == "api_key":
             continue

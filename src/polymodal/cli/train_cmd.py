@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import inspect
 import os
-import re
 from pathlib import Path
 
 
@@ -50,23 +48,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     align.set_defaults(func=run_train, task="align")
 
 
-def _field_comments(cls) -> dict[str, str]:
-    """The ``# comment`` after each field of a config dataclass, as written in its source."""
-    comments = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+): [^#]+#\s*(.+)$", line)
-        if m:
-            comments[m.group(1)] = m.group(2).strip()
-    return comments
-
-
 def _yaml_block(obj, indent: int = 0, skip: frozenset[str] = frozenset(), prefix: str = "") -> list[str]:
     """Commented YAML of a config dataclass, without the dotted fields in ``skip`` (sections its task never reads)."""
     import yaml
 
+    from ..train.config import field_comments
+
     pad = " " * indent
     lines = []
-    comments = _field_comments(type(obj))
+    comments = field_comments(type(obj))
     for f in dataclasses.fields(obj):
         if prefix + f.name in skip:
             continue

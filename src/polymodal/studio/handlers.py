@@ -89,16 +89,6 @@ def media_file(manifest_path: str | Path, file: str | Path) -> Path:
 
 # --- Train: the form ------------------------------------------------------------------------------------------
 
-def field_comments(cls: type) -> dict[str, str]:
-    """The ``# comment`` after each field of a config dataclass (the form's help text)."""
-    comments = {}
-    for line in inspect.getsource(cls).splitlines():
-        m = re.match(r"\s+(\w+): [^#]+#\s*(.+)$", line)
-        if m:
-            comments[m.group(1)] = m.group(2).strip()
-    return comments
-
-
 def _shown(value: Any) -> str:
     """A default as the form shows it, and as ``apply_overrides`` reads it back (YAML flow style)."""
     import yaml
@@ -128,7 +118,7 @@ def config_fields() -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def walk(obj: Any, prefix: str) -> None:
-        comments = field_comments(type(obj))
+        comments = C.field_comments(type(obj))
         hints = typing.get_type_hints(type(obj), vars(inspect.getmodule(type(obj))))
         for f in dataclasses.fields(obj):
             name = prefix + f.name

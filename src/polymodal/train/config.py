@@ -541,6 +541,20 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     return set_fields(d, values)
 
 
+def field_comments(cls: type) -> dict[str, str]:
+    """The ``# comment`` after each field of a config dataclass, as written in its source: the help text of
+    ``polymodal init``'s starter config, the command-line flags built from a config and the studio's forms."""
+    import inspect
+    import re
+
+    comments = {}
+    for line in inspect.getsource(cls).splitlines():
+        m = re.match(r"\s+(\w+): [^#]+#\s*(.+)$", line)
+        if m:
+            comments[m.group(1)] = m.group(2).strip()
+    return comments
+
+
 def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     """The config in a YAML file, with ``dotted.key=value`` overrides applied (see ``apply_overrides``)."""
     import yaml
