@@ -283,3 +283,25 @@ def test_folder_layout_is_checked_like_a_manifest(tmp_path):
     (tmp_path / "dog" / "c.png").write_bytes(b"not a png")
     found = check_manifest(load_manifest(tmp_path), progress=False)
     assert [(p.row, p.kind, p.column) for p in found] == [(3, "corrupt_image", "image")]
+
+
+def test_media_outside_the_manifest_folder_are_refused_unless_their_folder_is_allowed(tmp_path):
+    from PIL import Image
+
+    from polymodal.cli import main
+    from polymodal.data import CheckLimits, check_manifest, load_manifest
+    from polymodal.train.config import config_from_dict
+
+    lake = tmp_path / "lake"
+    lake.mkdir()
+    Image.new("RGB", (8, 8), (1, 2, 3)).save(lake / "a.png")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "m.csv").write_text(f"image,label\n{lake / 'a.png'},x\n")
+    manifest = load_manifest(tmp_path / "m" / "m.csv")
+    assert [p.kind for p in check_manifest(manifest, progress=False)] == ["path_escapes_root"]  # the default
+    assert check_manifest(manifest, limits=CheckLimits(allow_roots=(str(lake),)), progress=False) == []
+    cfg = config_from_dict({"data": {"manifest": "m.csv", "allow_roots": [str(lake)]},
+                            "model": {"encoders": {"image": "efficientnet-lite0"}}})
+    assert check_manifest(manifest, limits=cfg.data.limits(), progress=False) == []
+    assert main(["data", "check", str(tmp_path / "m" / "m.csv")]) == 1
+    assert main(["data", "check", str(tmp_path / "m" / "m.csv"), "--data-root", str(lake)]) == 0

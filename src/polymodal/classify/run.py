@@ -55,7 +55,8 @@ def read_split(cfg: TrainConfig, labels: list[str], run_dir: Path, part: str = "
     Raises:
         PolymodalError: the manifest gives no rows for that split, or a label the run never saw.
     """
-    manifest = require_clean(load_manifest(cfg.data.manifest), skip_bad=cfg.data.skip_bad, progress=False)
+    manifest = require_clean(load_manifest(cfg.data.manifest), skip_bad=cfg.data.skip_bad, limits=cfg.data.limits(),
+                             progress=False)
     splits = make_splits(manifest, cfg.data)
     rows = splits.test if part == "test" else (splits.val or splits.train)
     if not rows:

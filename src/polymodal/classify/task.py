@@ -66,10 +66,10 @@ class HeadTask:
         if cfg.data.transcribe:  # recognised speech as the text modality (the voice-assistant case)
             from ..speech.derive import transcribe_manifest
 
-            manifest = transcribe_manifest(require_clean(manifest, skip_bad=cfg.data.skip_bad, progress=progress),
+            manifest = transcribe_manifest(require_clean(manifest, skip_bad=cfg.data.skip_bad, limits=cfg.data.limits(), progress=progress),
                                            cfg.data.transcribe, progress)
         check_config_against_manifest(cfg, manifest.columns)
-        manifest = require_clean(manifest, skip_bad=cfg.data.skip_bad, progress=progress)
+        manifest = require_clean(manifest, skip_bad=cfg.data.skip_bad, limits=cfg.data.limits(), progress=progress)
         self.align = cfg.task == "align"
         if self.align:  # a pair needs both sides: rows lacking one modality cannot teach the alignment
             manifest = _complete_pairs(manifest, tuple(cfg.model.encoders))

@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     check.add_argument("--labels", help="comma-separated allowed labels (default: those of the train split)")
     check.add_argument("--max-pixels", type=int, help="largest allowed image, in pixels (decompression bomb guard)")
     check.add_argument("--max-audio-seconds", type=float, help="longest allowed audio file, in seconds")
+    check.add_argument("--data-root", action="append", default=[], metavar="DIR",
+                       help="a folder outside the manifest's own that its media may point into (repeatable; the same "
+                            "as data.allow_roots in a training config); by default media must lie in the manifest's folder")
     check.add_argument("--drop-bad", type=Path, metavar="OUT",
                        help="write a cleaned manifest without the bad rows to OUT (.csv, .jsonl or .parquet)")
     # Conversation JSONL (instruction data, lines with "messages"): placeholders, roles, answers, token counts.
@@ -37,7 +40,8 @@ def run_check(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     defaults = CheckLimits()
     limits = CheckLimits(max_pixels=args.max_pixels or defaults.max_pixels,
-                         max_audio_seconds=args.max_audio_seconds or defaults.max_audio_seconds)
+                         max_audio_seconds=args.max_audio_seconds or defaults.max_audio_seconds,
+                         allow_roots=tuple(str(Path(d).resolve()) for d in args.data_root))
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None
     problems = check_manifest(manifest, labels=labels, limits=limits)
     print(format_problems(problems, args.manifest))

@@ -25,7 +25,8 @@ FIXES = {
     "corrupt_audio": "re-export the audio as wav, flac or ogg, or remove the row",
     "too_many_pixels": "downscale the image, or raise the pixel limit (--max-pixels) if it is genuine",
     "audio_too_long": "cut the file into segments, or raise the limit (--max-audio-seconds)",
-    "path_escapes_root": "keep media inside the manifest's folder and use a relative path without '..'",
+    "path_escapes_root": "keep media inside the manifest's folder and use a relative path without '..', or allow the "
+                         "folder they live in (--data-root DIR, data.allow_roots: [DIR])",
     "empty_text": "write the text, or leave the cell truly empty if the row has other inputs",
     "no_inputs": "fill at least one of the text, image or audio cells, or remove the row",
     "missing_label": "write the row's label, or remove the row",
@@ -37,6 +38,7 @@ FIXES = {
 class CheckLimits:
     max_pixels: int = MAX_IMAGE_PIXELS  # decoded pixels per image (decompression bomb guard)
     max_audio_seconds: float = MAX_AUDIO_SECONDS  # seconds per audio file
+    allow_roots: tuple[str, ...] = ()  # folders outside the manifest's own that media paths may point into (opt-in)
 
 
 def check_manifest(
@@ -85,7 +87,7 @@ def _check_example(ex: Example, manifest: Manifest, allowed: set[str] | None, li
         path = ex.get(column)
         if path is None:
             continue
-        if not inside_root(path, manifest.root):
+        if not any(inside_root(path, root) for root in (manifest.root, *limits.allow_roots)):
             out.append(_problem(ex, "path_escapes_root", column,
                                 f"row {ex.row}: {column} path {ex.raw.get(column, path)!s} points outside {manifest.root}"))
             continue

@@ -60,7 +60,7 @@ class AsrRun(Transcriber):
         from ..data import load_manifest, require_clean
         from ..train.data import make_splits
 
-        manifest = require_clean(load_manifest(self.config.data.manifest), skip_bad=self.config.data.skip_bad,
+        manifest = require_clean(load_manifest(self.config.data.manifest), skip_bad=self.config.data.skip_bad, limits=self.config.data.limits(),
                                  progress=False)
         return make_splits(manifest, self.config.data, labelled=False).test
 

@@ -83,7 +83,7 @@ class AsrTask:
             if column not in manifest.columns:
                 raise ConfigError(f"asr.{name}: the manifest {manifest.path} has no {column!r} column "
                                   f"(columns: {', '.join(manifest.columns)})")
-        manifest = require_clean(manifest, skip_bad=cfg.data.skip_bad, progress=progress)
+        manifest = require_clean(manifest, skip_bad=cfg.data.skip_bad, limits=cfg.data.limits(), progress=progress)
         missing = [e.row for e in manifest.examples if _cell(e, a.text_column) is None or _cell(e, a.audio_column) is None]
         if missing:
             raise ConfigError(f"{manifest.path}: rows {missing[:10]} lack audio or a transcript ({a.text_column!r}); "

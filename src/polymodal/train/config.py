@@ -32,6 +32,13 @@ class DataConfig:
     test_fraction: float = 0.2  # without any split column, this share of all rows (stratified) is the test set
     seed: int = 0  # seed of any split made here
     transcribe: str | None = None  # recogniser (whisper-base, a folder, pocketsphinx): text := its audio's transcript (cached)
+    allow_roots: tuple[str, ...] = ()  # folders outside the manifest's own that its media may live in (a data lake)
+
+    def limits(self):
+        """What ``polymodal.data.require_clean`` accepts for this data: media in the manifest's folder or allow_roots."""
+        from ..data import CheckLimits
+
+        return CheckLimits(allow_roots=tuple(str(Path(r).expanduser().resolve()) for r in self.allow_roots))
 
     def __post_init__(self):
         if not 0 <= self.val_fraction < 1:
