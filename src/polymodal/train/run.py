@@ -69,7 +69,12 @@ def load_run(path: str | Path) -> Run:
         if not (path / name).exists():
             raise PolymodalError(f"{path}: not a finished run (no {name}); train it with `polymodal train CONFIG`")
     cfg = load_config(path / "config.yaml")
-    labels = json.loads((path / "labels.json").read_text())
+    try:
+        labels = json.loads((path / "labels.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PolymodalError(f"{path / 'labels.json'}: not valid JSON ({e}); train the run again") from None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise PolymodalError(f"{path / 'labels.json'}: expected a JSON list of label names; train the run again")
     model, _ = build_classifier(cfg, len(labels), live_encoders=True, labels=labels)
     if cfg.compression is not None:  # written by `polymodal compress`: INT8 layers and/or merged LoRA
         from ._compressed import load_compressed
