@@ -21,7 +21,6 @@ from collections.abc import Collection
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from ..train.config import TrainConfig
@@ -115,7 +114,9 @@ def rebuild_compressed(model: nn.Module, cfg: TrainConfig) -> nn.Module:
 def load_compressed(model: nn.Module, cfg: TrainConfig, path: Path) -> None:
     """Rebuild a compressed run's layers in ``model`` (built from ``cfg``) and load its weights from ``path``."""
     rebuild_compressed(model, cfg)
-    tensors = load_file(path)
+    from ..train.checkpoint import read_weights
+
+    tensors = read_weights(path)
     int8_keys = {k[: -len(s)] for k in tensors for s in INT8_SUFFIXES if k.endswith(s)}
     for key in sorted(int8_keys):
         module = model.get_submodule(key)

@@ -166,7 +166,12 @@ def load_run(path: str | Path) -> Run:
     cfg = load_config(path / run_folder.CONFIG)
     if cfg.task not in ("classify", "align"):
         raise PolymodalError(f"{path}: a {cfg.task} run, not a classify or align run")
-    labels = json.loads((path / run_folder.LABELS).read_text())
+    try:
+        labels = json.loads((path / run_folder.LABELS).read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise PolymodalError(f"{path / run_folder.LABELS}: not valid JSON ({e}); train the run again") from None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise PolymodalError(f"{path / run_folder.LABELS}: expected a JSON list of label names; train the run again")
     model, _ = build_classifier(cfg, len(labels), live_encoders=True, labels=labels)
     if cfg.compression is not None:  # written by `polymodal compress`: INT8 layers and/or merged LoRA
         from ._compressed import load_compressed

@@ -14,6 +14,8 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from ..errors import PolymodalError
+
 
 class FeatureCache:
     """Maps a content hash to {"pooled": (dim,), and optionally "sequence": (time, dim), "mask": (time,)}."""
@@ -22,9 +24,14 @@ class FeatureCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, pooled BLOB NOT NULL, sequence BLOB)")
-        self._db.commit()
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("CREATE TABLE IF NOT EXISTS features (key TEXT PRIMARY KEY, pooled BLOB NOT NULL, sequence BLOB)")
+            self._db.commit()
+        except sqlite3.DatabaseError as e:
+            self._db.close()
+            raise PolymodalError(f"{self.path}: not a feature cache ({e}); delete the file and the features are "
+                                 "encoded again") from None
 
     def get(self, keys: list[str], sequence: bool = False) -> dict[str, dict[str, torch.Tensor]]:
         """Entries found for ``keys``; with ``sequence``, only entries that hold sequence features count."""
@@ -36,9 +43,12 @@ class FeatureCache:
             for row in self._db.execute(f"SELECT key, pooled{col} FROM features WHERE key IN ({marks})", chunk):
                 if sequence and row[2] is None:
                     continue
-                entry = st_load(row[1])
-                if sequence:
-                    entry.update(st_load(row[2]))
+                try:  # safetensors bytes never run code; a damaged entry is a miss, encoded again and overwritten
+                    entry = st_load(row[1])
+                    if sequence:
+                        entry.update(st_load(row[2]))
+                except Exception:  # noqa: BLE001 - SafetensorError and friends
+                    continue
                 found[row[0]] = entry
         return found
 

@@ -206,9 +206,9 @@ def load_weights(model: InstructModel, path: str | os.PathLike, *, partial: bool
     Raises:
         PolymodalError: names or shapes do not match (a different projector, soft_tokens or encoder).
     """
-    from safetensors.torch import load_file
+    from ..train.checkpoint import read_weights
 
-    saved = load_file(str(path))
+    saved = read_weights(path)
     own = dict(model.named_parameters())
     missing = [n for n, p in own.items() if (p.requires_grad or n.startswith("projectors.")) and n not in saved]
     unknown = [n for n in saved if n not in own]

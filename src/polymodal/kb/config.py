@@ -77,7 +77,14 @@ def load_config(folder: Path) -> KBConfig:
     path = folder / CONFIG_FILE
     if not path.exists():
         raise ConfigError(f"{folder}: not a knowledge base (no {CONFIG_FILE}); build one with `polymodal kb build`")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:  # safe_load builds plain data only: a `!!python/...` tag is refused, never run
+        data = yaml.safe_load(path.read_text()) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        detail = " ".join(str(e).split())
+        raise ConfigError(f"{path}: not valid YAML or not plain data ({detail[:300]}); fix the file or rebuild the "
+                          "knowledge base with `polymodal kb build`") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings; rebuild with `polymodal kb build`")
     unknown = set(data) - {f.name for f in dataclasses.fields(KBConfig)}
     if unknown:
         raise ConfigError(f"{path}: unknown fields {sorted(unknown)}")

@@ -95,12 +95,17 @@ class BM25Index:
             bm25s = _bm25s()
             if not (self.folder / "chunk_ids.npy").exists():
                 raise PolymodalError(f"{self.folder}: the BM25 index is missing; rebuild with `polymodal kb build`")
-            self._ids = np.load(self.folder / "chunk_ids.npy")
-            saved = self.folder / "polymodal.json"
-            if saved.exists():
-                self.language = json.loads(saved.read_text()).get("language", "en")
-            if len(self._ids):
-                self._retriever = bm25s.BM25.load(self.folder, show_progress=False)
+            try:  # allow_pickle=False: an object array (a pickle) in the index folder is refused, never run
+                self._ids = np.load(self.folder / "chunk_ids.npy", allow_pickle=False)
+                saved = self.folder / "polymodal.json"
+                if saved.exists():
+                    self.language = json.loads(saved.read_text()).get("language", "en")
+                if len(self._ids):
+                    self._retriever = bm25s.BM25.load(self.folder, show_progress=False, allow_pickle=False)
+            except (ValueError, OSError, KeyError) as e:
+                self._ids = None
+                raise PolymodalError(f"{self.folder}: the BM25 index is damaged ({' '.join(str(e).split())[:200]}); "
+                                     "rebuild with `polymodal kb build`") from None
         return self._retriever, self._ids
 
     def search(self, queries: Sequence[str], k: int) -> list[list[tuple[int, float]]]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .._paths import text_sha256
+from ..errors import PolymodalError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -82,9 +83,14 @@ class ChunkStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.db = sqlite3.connect(self.path)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.executescript(_SCHEMA)
+        try:
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+            self.db.executescript(_SCHEMA)
+        except sqlite3.DatabaseError as e:
+            self.db.close()
+            raise PolymodalError(f"{self.path}: not a knowledge-base store ({e}); delete it and rebuild with "
+                                 "`polymodal kb build`") from None
 
     def close(self) -> None:
         self.db.close()

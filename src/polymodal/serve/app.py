@@ -6,8 +6,8 @@ supports several worker processes on one port (the scale-out used here) and a gr
 pure-Python installs from PyPI. Triton or TorchServe would add a model repository format and a JVM or C++
 server for one PyTorch model; Ray Serve a cluster runtime; BentoML and LitServe wrap the same ASGI stack.
 
-A request on a ``/v1`` route passes, in order: the bearer token (401), the drain and readiness check (503),
-admission to the bounded queue (429 with Retry-After, before the body is read), the body size (413), parsing
+A request on a ``/v1`` route passes, in order: the bearer token (401), the drain and readiness check (503), the body, read within ``body_timeout_s`` (408) and ``max_body_bytes`` (413) before the request takes a place in
+the bounded queue (429 with Retry-After; a stalled upload never holds one), parsing
 (415/422), the checks that need no decoding (413/422), decoding with limits in a thread (413/422), and the
 dynamic batcher, within the request's deadline (504).
 """
@@ -240,22 +240,33 @@ class Gate:
         except RequestRejected as e:
             await _error(e.status, e.kind, e.message)(scope, receive, send)
             return
+        # The body first, within body_timeout_s and max_body_bytes, and only then a queue place: a client that
+        # sends its headers and then stalls holds a connection, never a place that others need.
+        try:
+            body = await asyncio.wait_for(_read_body(receive, headers, cfg.max_body_bytes), cfg.body_timeout_s)
+        except asyncio.TimeoutError:
+            await _error(408, "body_timeout", f"the request body did not arrive within {cfg.body_timeout_s:g} s; "
+                         "send it at once", {"Connection": "close"})(scope, _disconnected, send)
+            return
+        if body is None:
+            await _error(413, "body_too_large", f"the request body exceeds the limit of {cfg.max_body_bytes:,} "
+                         "bytes; send smaller media", {"Connection": "close"})(scope, receive, send)
+            return
         ticket = svc.admission.try_admit()
         if ticket is None:
             await _error(429, "queue_full", f"the queue is full ({cfg.max_queue} requests waiting); retry later",
-                         {"Retry-After": str(cfg.retry_after_s)})(scope, receive, send)
+                         {"Retry-After": str(cfg.retry_after_s)})(scope, _replay(body, receive), send)
             return
         try:
-            body = await _read_body(receive, headers, cfg.max_body_bytes)
-            if body is None:
-                await _error(413, "body_too_large", f"the request body exceeds the limit of {cfg.max_body_bytes:,} "
-                             "bytes; send smaller media", {"Connection": "close"})(scope, receive, send)
-                return
             state = scope.setdefault("state", {})
             state["ticket"], state["deadline"] = ticket, time.monotonic() + deadline_ms / 1000
             await self.app(scope, _replay(body, receive), send)
         finally:
             ticket.finish()
+
+
+async def _disconnected() -> dict:
+    return {"type": "http.disconnect"}
 
 
 def _deadline_ms(value: str | None, cfg: ServeConfig) -> float:

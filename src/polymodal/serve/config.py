@@ -24,6 +24,8 @@ class ServeConfig:
     deadline_ms: float = 30_000.0  # default time a request may take, end to end, before a 504
     max_deadline_ms: float = 600_000.0  # the most a client may ask for with the X-Deadline-Ms header
     max_body_bytes: int = 16 * 1024 * 1024  # request body, JSON or multipart (base64 adds a third)
+    body_timeout_s: float = 30.0  # the whole body must arrive within this, before the request takes a queue place
+    header_timeout_s: float = 10.0  # a connection's request line and headers must arrive within this, or it closes
     max_image_pixels: int = 40_000_000  # decoded pixels per image, read from the header before decoding
     max_aspect_ratio: float = 20.0  # long side / short side: resizing a thin strip's short side would blow it up
     max_audio_seconds: float = 60.0  # per audio clip, read from the header before decoding
@@ -45,6 +47,8 @@ class ServeConfig:
             (self.deadline_ms > 0, "deadline_ms", "must be positive"),
             (self.max_deadline_ms >= self.deadline_ms, "max_deadline_ms", "must be at least deadline_ms"),
             (self.max_body_bytes >= 1024, "max_body_bytes", "must be at least 1024"),
+            (self.body_timeout_s > 0, "body_timeout_s", "must be positive"),
+            (self.header_timeout_s > 0, "header_timeout_s", "must be positive"),
             (self.max_image_pixels >= 1, "max_image_pixels", "must be at least 1"),
             (self.max_aspect_ratio >= 1, "max_aspect_ratio", "must be at least 1"),
             (self.max_audio_seconds > 0, "max_audio_seconds", "must be positive"),

@@ -30,6 +30,7 @@ import uvicorn
 
 from ..errors import ConfigError
 from ..classify.run import Run
+from . import _connections
 from ._metrics import MULTIPROC_ENV
 from .app import Service, create_app
 from .config import ServeConfig
@@ -86,6 +87,7 @@ class DrainingServer(uvicorn.Server):
 def app_from_env() -> Any:
     """The app factory of worker processes: run folder and config from the environment."""
     cfg = ServeConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(os.environ[CONFIG_ENV]).items()})
+    _connections.HEADER_TIMEOUT_S = cfg.header_timeout_s
     return create_app(os.environ[RUN_ENV], cfg)
 
 
@@ -97,7 +99,9 @@ def serve(run: Run | str | Path, cfg: ServeConfig = ServeConfig(), log_level: st
     """
     if isinstance(run, Run) and cfg.workers > 1:
         raise ConfigError("serve.workers: several workers each load the run folder; pass its path, not a loaded Run")
-    common = dict(host=cfg.host, port=cfg.port, log_level=log_level, timeout_graceful_shutdown=_CLOSE_TIMEOUT_S)
+    _connections.HEADER_TIMEOUT_S = cfg.header_timeout_s
+    common = dict(host=cfg.host, port=cfg.port, log_level=log_level, timeout_graceful_shutdown=_CLOSE_TIMEOUT_S,
+                  http=_connections.protocol_class())
     if cfg.workers == 1:
         server = DrainingServer(uvicorn.Config(create_app(run, cfg), **common))
         server.run()

@@ -572,7 +572,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> TrainConfig:
     try:
         d = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from e
+        # one line; a `!!python/...` tag lands here too: safe_load builds plain data only, never objects or calls
+        detail = " ".join(str(e).split())
+        raise ConfigError(f"{path}: not valid YAML or not plain data ({detail[:300]}); fix the file or write it "
+                          "again with `polymodal init`") from None
     try:
         cfg = config_from_dict(apply_overrides(d or {}, list(overrides)) if overrides else (d or {}))
     except ConfigError as e:
