@@ -138,18 +138,13 @@ class SentenceSelector:
         self.cache_size = cache_size
 
     def answer(self, question: str, passages: Sequence[Hit]) -> tuple[str, list[int]]:
-        from .extract import restates_question
+        from .extract import cached_cosines, restates_question
 
         sentences = [(i, s) for i, p in enumerate(passages) for s in split_sentences(p.chunk.text)
                      if not restates_question(s, question)]
         if not sentences:
             return "", []
-        new = list(dict.fromkeys(s for _, s in sentences if s not in self._cache))
-        if len(self._cache) + len(new) > self.cache_size:
-            self._cache.clear()
-        emb = self.kb.embed([question] + new)
-        self._cache.update(zip(new, emb[1:]))
-        scores = np.stack([self._cache[s] for _, s in sentences]) @ emb[0]
+        scores = cached_cosines(self.kb, self._cache, self.cache_size, question, [s for _, s in sentences])
         best = int(np.argmax(scores))
         return sentences[best][1], [sentences[best][0]]
 

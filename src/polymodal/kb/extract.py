@@ -75,6 +75,17 @@ def _stemmer():
     return Stemmer.Stemmer("english")
 
 
+def cached_cosines(kb, cache: dict, cache_size: int, question: str, sentences: list[str]) -> np.ndarray:
+    """(n,) cosine of each sentence with the question, the sentences' embeddings kept in ``cache`` (cleared when it
+    would pass ``cache_size``): the same passages come back for many questions."""
+    new = list(dict.fromkeys(s for s in sentences if s not in cache))
+    if len(cache) + len(new) > cache_size:
+        cache.clear()
+    emb = kb.embed([question] + new)
+    cache.update(zip(new, emb[1:]))
+    return np.stack([cache[s] for s in sentences]) @ emb[0]
+
+
 def restates_question(sentence: str, question: str) -> bool:
     """A sentence that cannot answer: a question itself, or nothing in it that the question does not say already."""
     if sentence.rstrip().endswith("?"):
@@ -112,12 +123,7 @@ class SpanExtractor:
                      if len(s.split()) >= 3 and not restates_question(s, question)]
         if not sentences:
             return []
-        new = list(dict.fromkeys(s for _, s in sentences if s not in self._cache))
-        if len(self._cache) + len(new) > self.cache_size:
-            self._cache.clear()
-        emb = self.kb.embed([question] + new)
-        self._cache.update(zip(new, emb[1:]))
-        scores = np.stack([self._cache[s] for _, s in sentences]) @ emb[0]
+        scores = cached_cosines(self.kb, self._cache, self.cache_size, question, [s for _, s in sentences])
         asked = content_words(question)
         if asked and self.lexical_weight:  # plus the share of the question's words the sentence repeats
             scores = scores + self.lexical_weight * np.array([len(content_words(s) & asked) / len(asked)
