@@ -68,16 +68,20 @@ def create_app(runs_dir: str | Path = "runs", password: str | None = None):
     def data(manifest: str):
         return answer(h.data_view, manifest)
 
+    def file_or_404(locate, *args):
+        """The file ``locate(*args)`` names, or a 404 with its one-line reason (outside the allowed folder, missing)."""
+        try:
+            return FileResponse(locate(*args))
+        except Exception as e:  # noqa: BLE001
+            return JSONResponse({"error": error_line(e)}, status_code=404)
+
     @app.post("/api/data/clean")
     def clean(body: Annotated[dict, Body()]):
         return answer(h.drop_bad_rows, body.get("manifest", ""), body.get("out", ""))
 
     @app.get("/api/media")
     def media(manifest: str, file: str):
-        try:
-            return FileResponse(h.media_file(manifest, file))
-        except Exception as e:  # noqa: BLE001
-            return JSONResponse({"error": error_line(e)}, status_code=404)
+        return file_or_404(h.media_file, manifest, file)
 
     @app.get("/api/config/fields")
     def fields():
@@ -126,10 +130,7 @@ def create_app(runs_dir: str | Path = "runs", password: str | None = None):
 
     @app.get("/api/runs/{name}/{file:path}")
     def report_file(name: str, file: str):
-        try:
-            return FileResponse(studio.report_file(name, file))
-        except Exception as e:  # noqa: BLE001
-            return JSONResponse({"error": error_line(e)}, status_code=404)
+        return file_or_404(studio.report_file, name, file)
 
     @app.post("/api/chat")
     def chat(body: Annotated[dict, Body()]):
