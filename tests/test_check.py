@@ -157,7 +157,7 @@ def test_unknown_label_against_the_train_split(tmp_path):
             ("e", "bird", "test"), ("f", "dog", "")]
     manifest = load_manifest(write_csv(tmp_path / "m.csv", rows, columns=("text", "label", "split")))
     found = {p.row: p.kind for p in check_manifest(manifest, progress=False)}
-    assert found == {4: "unknown_label", 5: "unknown_label"}  # labels are case sensitive
+    assert found == {4: "unknown_label", 5: "unknown_label", 6: "missing_split"}  # labels are case sensitive
 
 
 def test_unknown_label_against_explicit_labels(tmp_path):

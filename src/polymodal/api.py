@@ -194,6 +194,22 @@ def _media_roots(manifest: Path) -> tuple[str, ...]:
     return tuple(sorted(roots))
 
 
+def _relabelled(manifest, label: str, out: Path) -> Path:
+    """A copy of a manifest whose ``label`` column is the column ``label``; media paths absolute (allowed roots)."""
+    import csv
+
+    columns = ["label" if c == label else c for c in manifest.columns]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="", encoding="utf-8") as f:
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for e in manifest.examples:
+            rec = {("label" if k == label else k): v for k, v in e.raw.items()}
+            rec.update({m: str(e.get(m)) for m in ("image", "audio") if e.get(m) is not None})
+            w.writerow(rec)
+    return out
+
+
 def _stack(paths: list[Path], out: Path) -> Path:
     """Several manifests (train, val, test) as one with a split column."""
     import csv
@@ -251,8 +267,14 @@ def fit(train_data: Any, label: str = "label", *, val_data: Any = None, test_dat
     found = load_manifest(manifest)
     if not found.modalities:
         raise PolymodalError(f"{manifest}: no text, image or audio column to train on")
-    if label != "label" and isinstance(train_data, (str, os.PathLike)) and "label" not in found.columns:
-        raise PolymodalError(f"{manifest}: a manifest's labels are its 'label' column; rename {label!r} to label")
+    if label != "label" and isinstance(train_data, (str, os.PathLike)):
+        if label not in found.columns:
+            raise PolymodalError(f"{manifest}: no column {label!r} to take labels from (columns: "
+                                 f"{', '.join(found.columns)})")
+        if "label" in found.columns:
+            raise PolymodalError(f"{manifest}: has both a 'label' column and {label!r}; rename one")
+        manifest = _relabelled(found, label, data_dir / "train.csv")
+        found = load_manifest(manifest)
     chosen = {m: (encoders or {}).get(m, DEFAULT_ENCODERS[m]) for m in found.modalities}
     d: dict[str, Any] = {"data": {"manifest": str(Path(manifest).resolve())},
                          "model": {"encoders": chosen}, "out_dir": str(run_dir)}

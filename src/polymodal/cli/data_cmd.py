@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     check.add_argument("manifest", type=Path, help="manifest file or dataset folder")
     check.add_argument("--labels", help="comma-separated allowed labels (default: those of the train split)")
     check.add_argument("--max-pixels", type=int, help="largest allowed image, in pixels (decompression bomb guard)")
+    check.add_argument("--max-aspect-ratio", type=float,
+                       help="most extreme allowed image shape, long side / short side (default 20)")
     check.add_argument("--max-audio-seconds", type=float, help="longest allowed audio file, in seconds")
     check.add_argument("--data-root", action="append", default=[], metavar="DIR",
                        help="a folder outside the manifest's own that its media may point into (repeatable; the same "
@@ -40,6 +42,7 @@ def run_check(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.manifest)
     defaults = CheckLimits()
     limits = CheckLimits(max_pixels=args.max_pixels or defaults.max_pixels,
+                         max_aspect_ratio=args.max_aspect_ratio or defaults.max_aspect_ratio,
                          max_audio_seconds=args.max_audio_seconds or defaults.max_audio_seconds,
                          allow_roots=tuple(str(Path(d).resolve()) for d in args.data_root))
     labels = [x.strip() for x in args.labels.split(",")] if args.labels else None

@@ -28,10 +28,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     train = sub.add_parser("train", help="train the run a config describes (classify, align, asr, instruct)",
                            description="Train the run a config describes. Checkpoints are atomic; --resume continues "
                                        "an interrupted run exactly. Works under torchrun (DistributedDataParallel).")
-    train.add_argument("config", type=Path, help="YAML config (see `polymodal init`)")
+    train.add_argument("config", nargs="?", help="YAML config (see `polymodal init`); leave out with --data")
     train.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                        help="config fields to change for this run, e.g. tuning.mode=lora optim.lr=5e-4 (typed and "
                             "checked like the file)")
+    train.add_argument("--data", type=Path, metavar="MANIFEST",
+                       help="train a classifier on this manifest with no config file: the defaults of "
+                            "polymodal.fit (bundled encoders, linear probe, early fusion) plus any KEY=VALUE")
+    train.add_argument("--label", default="label", help="with --data: the column holding the classes (default label)")
+    train.add_argument("--skip-bad", action="store_true",
+                       help="train without the rows `polymodal data check` finds bad (counted), instead of refusing")
     train.add_argument("--resume", action="store_true", help="continue the run in the config's out_dir")
     train.add_argument("--out-dir", help="override the config's out_dir")
     train.set_defaults(func=run_train)
@@ -43,6 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                                        "The config is a training config with task: align (`polymodal init --task align`).")
     align.add_argument("config", type=Path, help="YAML config with two model.encoders (see `polymodal init --task align`)")
     align.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config fields to change for this run")
+    align.add_argument("--skip-bad", action="store_true", help="train without the rows `polymodal data check` finds bad")
     align.add_argument("--resume", action="store_true", help="continue the run in the config's out_dir")
     align.add_argument("--out-dir", help="override the config's out_dir")
     align.set_defaults(func=run_train, task="align")
@@ -127,16 +134,41 @@ def run_init(args: argparse.Namespace) -> int:
 def run_train(args: argparse.Namespace) -> int:
     import dataclasses as dc
 
+    from ..errors import ConfigError
     from ..tasks import train
     from ..train import load_config
 
-    cfg = load_config(args.config, args.overrides)
+    overrides = list(args.overrides)
+    if args.config is not None and "=" in args.config and not Path(args.config).exists():
+        overrides.insert(0, args.config)  # `train --data M.csv optim.lr=5e-4`: the first override, not a file
+        args.config = None
+    if args.skip_bad:
+        overrides.append("data.skip_bad=true")
+    if getattr(args, "data", None) is not None:
+        if args.config is not None:
+            raise ConfigError(f"give a config file ({args.config}) or --data {args.data}, not both")
+        return _train_without_config(args, overrides)
+    if args.config is None:
+        raise ConfigError("give a config file (`polymodal init MANIFEST` writes one) or --data MANIFEST [--label COLUMN]")
+    cfg = load_config(Path(args.config), overrides)
     if getattr(args, "task", None) == "align" and cfg.task != "align":
-        from ..errors import ConfigError
-
         raise ConfigError(f"{args.config}: task is {cfg.task!r}; `polymodal align` trains configs with task: align")
     if args.out_dir:
         cfg = dc.replace(cfg, out_dir=args.out_dir)
     run_dir = train(cfg, resume=args.resume)
     print(f"run written to {run_dir}; next: polymodal eval {run_dir}")
+    return 0
+
+
+def _train_without_config(args: argparse.Namespace, overrides: list[str]) -> int:
+    """``polymodal train --data M.csv --label col [KEY=VALUE ...]``: what ``polymodal.fit`` does, from the shell."""
+    from ..api import fit
+    from ..errors import ConfigError
+    from ..run_folder import CONFIG
+    from ..train.config import parse_overrides
+
+    if args.resume:
+        raise ConfigError("--resume continues a run from its config: polymodal train RUN/config.yaml --resume")
+    model = fit(args.data, label=args.label, out_dir=args.out_dir, config=parse_overrides(overrides))
+    print(f"run written to {model.path}; its config: {model.path / CONFIG}; next: polymodal eval {model.path}")
     return 0

@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from ..errors import ManifestError, MediaError
 from .audio import MAX_AUDIO_SECONDS, load_audio
-from .image import MAX_IMAGE_PIXELS, load_image
-from .manifest import Example, Manifest, Problem, inside_root
+from .image import MAX_ASPECT_RATIO, MAX_IMAGE_PIXELS, load_image
+from .manifest import UNREADABLE_ROW, Example, Manifest, Problem, inside_root
 
 TRAIN_SPLIT = "train"
 log = logging.getLogger(__name__)
@@ -24,6 +24,7 @@ FIXES = {
     "corrupt_image": "re-export the image (PNG or JPEG) or remove the row",
     "corrupt_audio": "re-export the audio as wav, flac or ogg, or remove the row",
     "too_many_pixels": "downscale the image, or raise the pixel limit (--max-pixels) if it is genuine",
+    "extreme_aspect_ratio": "crop the image to a less extreme shape, or raise the limit (--max-aspect-ratio)",
     "audio_too_long": "cut the file into segments, or raise the limit (--max-audio-seconds)",
     "path_escapes_root": "keep media inside the manifest's folder and use a relative path without '..', or allow the "
                          "folder they live in (--data-root DIR, data.allow_roots: [DIR])",
@@ -37,6 +38,7 @@ FIXES = {
 @dataclass(frozen=True)
 class CheckLimits:
     max_pixels: int = MAX_IMAGE_PIXELS  # decoded pixels per image (decompression bomb guard)
+    max_aspect_ratio: float = MAX_ASPECT_RATIO  # long side / short side (resizing a thin strip would blow it up)
     max_audio_seconds: float = MAX_AUDIO_SECONDS  # seconds per audio file
     allow_roots: tuple[str, ...] = ()  # folders outside the manifest's own that media paths may point into (opt-in)
 
@@ -54,7 +56,7 @@ def check_manifest(
             other splits (a test label never seen in training is an error); without splits, any label is allowed.
     """
     problems = list(manifest.parse_problems)
-    bad_parse = {p.row for p in problems}
+    bad_parse = {p.row for p in problems if p.kind in UNREADABLE_ROW}
     allowed = set(labels) if labels is not None else _train_labels(manifest)
     for ex in tqdm(manifest.examples, desc="checking", unit="row", disable=None if progress else True, leave=False):
         if ex.row in bad_parse:
@@ -105,7 +107,7 @@ def _check_example(ex: Example, manifest: Manifest, allowed: set[str] | None, li
 
 
 def _check_image(path: Path, limits: CheckLimits) -> None:
-    load_image(path, max_pixels=limits.max_pixels)
+    load_image(path, max_pixels=limits.max_pixels, max_aspect_ratio=limits.max_aspect_ratio)
 
 
 def _check_audio(path: Path, limits: CheckLimits) -> None:
@@ -145,6 +147,9 @@ def require_clean(manifest: Manifest, skip_bad: bool = False, labels: Iterable[s
     if not problems:
         return manifest
     rows = bad_rows(problems)
+    whole = [p for p in problems if p.row == 0]
+    if whole:  # no row to drop: --skip-bad cannot help
+        raise ManifestError(format_problems(whole, manifest.path) + "\nFix the manifest file itself first.")
     if not skip_bad:
         raise ManifestError(
             format_problems(problems, manifest.path)

@@ -20,22 +20,34 @@ from ._source import media_source
 
 # A 12k x 12k photo; anything larger is almost surely a decompression bomb.
 MAX_IMAGE_PIXELS = 144_000_000
+# Long side / short side. Resizing the short side of a 1 x 100000 strip up to an encoder's 256 px would make a
+# 25-gigapixel intermediate; a 20:1 panorama still resizes to 256 x 5120.
+MAX_ASPECT_RATIO = 20.0
+# Transparent pixels are composited onto this colour: what hides under alpha 0 is arbitrary (often black).
+WHITE = (255, 255, 255)
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def load_image(path: str | os.PathLike | BinaryIO, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
-    """Decode an image file to RGB, refusing files that are missing, corrupt, truncated or too large.
+def load_image(
+    path: str | os.PathLike | BinaryIO,
+    max_pixels: int = MAX_IMAGE_PIXELS,
+    max_aspect_ratio: float = MAX_ASPECT_RATIO,
+    background: tuple[int, int, int] = WHITE,
+) -> Image.Image:
+    """Decode an image file to RGB, refusing files that are missing, corrupt, truncated, too large or too thin.
 
-    The pixel count is checked from the header, before any pixel is decoded.
+    The pixel count and aspect ratio are checked from the header, before any pixel is decoded. Transparent images
+    (RGBA, LA, palette with transparency) are composited onto ``background``.
 
     Args:
         path: a file path, or a seekable binary file object (e.g. an upload held in a ``BytesIO``); messages name
             it by its ``name`` attribute where it has one.
 
     Raises:
-        MediaError: with ``kind`` one of ``missing_file``, ``unreadable_file``, ``corrupt_image``, ``too_many_pixels``.
+        MediaError: with ``kind`` one of ``missing_file``, ``unreadable_file``, ``corrupt_image``, ``too_many_pixels``,
+            ``extreme_aspect_ratio``.
     """
     source, path = media_source(path)
     if isinstance(source, str) and not os.path.exists(path):
@@ -65,15 +77,33 @@ def load_image(path: str | os.PathLike | BinaryIO, max_pixels: int = MAX_IMAGE_P
                 f"{path}: {w}x{h} = {w * h:,} pixels exceeds the limit of {max_pixels:,} "
                 "(a decompression bomb guard); downscale the image or raise max_pixels",
             )
+        if max(w, h) > max_aspect_ratio * max(1, min(w, h)):
+            raise MediaError(
+                "extreme_aspect_ratio", path,
+                f"{path}: {w}x{h} is more than {max_aspect_ratio:g} times longer than wide, and resizing its short "
+                "side would need a huge intermediate image; crop it",
+            )
         try:
             img.load()
             if img.mode.startswith("I;16"):
                 # Pillow's convert clips 16-bit values at 255 instead of scaling them (a 16-bit PNG turns white).
                 return Image.fromarray(np.round(np.asarray(img, dtype=np.float32) / 257).astype(np.uint8)).convert("RGB")
             # Phones store portrait photos as landscape pixels plus an EXIF orientation tag.
-            return ImageOps.exif_transpose(img).convert("RGB")
+            return _flatten(ImageOps.exif_transpose(img), background)
         except (OSError, SyntaxError, ValueError) as e:
             raise MediaError("corrupt_image", path, f"{path}: image data is corrupt or truncated ({e}); re-export or remove it") from e
+
+
+def _flatten(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    """RGB, with any transparency composited onto ``background`` (not onto the arbitrary colour under alpha 0)."""
+    if img.mode == "P" and "transparency" in img.info or img.mode in ("PA", "La", "LA", "RGBa"):
+        # Converting a palette image with transparency straight to RGB drops the alpha (and warns every time).
+        img = img.convert("RGBA")
+    if img.mode != "RGBA":
+        return img.convert("RGB")
+    out = Image.new("RGB", img.size, background)
+    out.paste(img, mask=img.getchannel("A"))
+    return out
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import codecs
 import csv
+import difflib
 import io
 import json
 import os
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,7 +24,11 @@ from .image import IMAGE_EXTENSIONS
 
 MODALITIES = ("text", "image", "audio")
 KNOWN_COLUMNS = (*MODALITIES, "label", "split")
+# Parse problems that leave nothing of the row to check further.
+UNREADABLE_ROW = ("bad_json", "bad_csv", "undecodable_bytes")
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
+# Values of the ``split`` column and the split each names.
+SPLIT_NAMES = {"train": "train", "val": "val", "valid": "val", "validation": "val", "test": "test"}
 
 
 @dataclass(frozen=True)
@@ -158,7 +165,11 @@ def load_manifest(path: str | os.PathLike) -> Manifest:
         )
     root = path.parent.resolve()
     examples = [_example(i, rec, root) for i, rec in enumerate(rows, start=1)]
-    return Manifest(path, root, tuple(header), examples, problems)
+    unreadable = {p.row for p in problems if p.kind in UNREADABLE_ROW}
+    problems += [p for i, rec in enumerate(rows, start=1) if i not in unreadable
+                 for p in cell_problems(path, i, rec, split_column="split" in header)]
+    problems.sort(key=lambda p: p.row)
+    return Manifest(path, root, tuple(dict.fromkeys(header)), examples, problems)
 
 
 def _example(row: int, rec: dict[str, object], root: Path) -> Example:
@@ -182,6 +193,27 @@ def _example(row: int, rec: dict[str, object], root: Path) -> Example:
     return ex
 
 
+def cell_problems(manifest_path: Path, row: int, rec: dict[str, object], split_column: bool = True) -> list[Problem]:
+    """What is wrong with a row's label and split cells as written (before any file is opened)."""
+    out = []
+    label = rec.get("label")
+    if isinstance(label, (list, dict)):
+        out.append(Problem(row, "bad_label", "label",
+                           f"{manifest_path}: row {row}: the label is a JSON {type(label).__name__} ({json.dumps(label)[:60]}), "
+                           "not one class name", "write one label per row as a string or number"))
+    split = rec.get("split")
+    if split_column and (split is None or str(split).strip() == ""):
+        out.append(Problem(row, "missing_split", "split", f"{manifest_path}: row {row}: the split cell is empty",
+                           "write train, val or test (the manifest has a split column, so every row needs one)"))
+    elif split is not None and str(split).strip() not in SPLIT_NAMES:
+        near = difflib.get_close_matches(str(split).strip(), list(SPLIT_NAMES), n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        out.append(Problem(row, "unknown_split", "split",
+                           f"{manifest_path}: row {row}: split {str(split)[:40]!r} is not one of {', '.join(SPLIT_NAMES)}",
+                           f"{hint}use train, val or test"))
+    return out
+
+
 def _undecodable(row: int, column: str, path: Path, where: str) -> Problem:
     return Problem(
         row, "undecodable_bytes", column,
@@ -194,19 +226,58 @@ def _has_surrogates(s: str) -> bool:
     return any("\udc80" <= ch <= "\udcff" for ch in s)
 
 
+@contextmanager
+def _csv_field_limit(limit: int):
+    # The csv module refuses cells over 131,072 characters by default; a long document in a text cell is fine.
+    old = csv.field_size_limit(limit)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(old)
+
+
+def _duplicate_columns(path: Path, header: list[str]) -> list[Problem]:
+    seen, dups = set(), []
+    for h in header:
+        if h in seen and h not in dups:
+            dups.append(h)
+        seen.add(h)
+    return [Problem(0, "duplicate_column", h, f"{path}: the header names column {h!r} more than once (the last would win)",
+                    "rename or remove the extra column") for h in dups]
+
+
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, object]], list[Problem]]:
     # surrogateescape keeps undecodable bytes as markers, so one bad cell spoils one row, not the file.
     text = path.read_bytes().decode("utf-8-sig", "surrogateescape")
-    reader = csv.DictReader(io.StringIO(text, newline=""))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    reader.fieldnames = header
+    reader = csv.reader(io.StringIO(text, newline=""))
     rows, problems = [], []
-    for i, rec in enumerate(reader, start=1):
-        rec.pop(None, None)  # cells beyond the header
-        for col, v in rec.items():
-            if isinstance(v, str) and _has_surrogates(v):
-                problems.append(_undecodable(i, col, path, f"row {i} (line {reader.line_num}), column {col!r}"))
-        rows.append(dict(rec))
+    with _csv_field_limit(min(sys.maxsize, 2**31 - 1)):
+        try:
+            header = [h.strip() for h in next(reader, [])]
+        except csv.Error as e:
+            raise ManifestError(f"{path}: the header line is not valid CSV ({e}); fix the first line") from e
+        problems += _duplicate_columns(path, header)
+        i = 0
+        while True:
+            try:
+                cells = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as e:
+                i += 1
+                problems.append(Problem(i, "bad_csv", "", f"{path}: row {i} (line {reader.line_num}) is not valid CSV ({e})",
+                                        "fix the row's quoting, or remove it"))
+                rows.append({})
+                continue
+            if not cells:  # a blank line, as csv.DictReader skips
+                continue
+            i += 1
+            rec = {h: v for h, v in zip(header, cells)}  # a duplicated column: the last wins, as named above
+            rec.update({h: None for h in header[len(cells):] if h not in rec})  # short rows, as DictReader fills
+            for col, v in rec.items():
+                if isinstance(v, str) and _has_surrogates(v):
+                    problems.append(_undecodable(i, col, path, f"row {i} (line {reader.line_num}), column {col!r}"))
+            rows.append(rec)
     return header, rows, problems
 
 
@@ -227,9 +298,14 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[dict[str, object]], list[Pr
             rows.append({})
             continue
         try:
-            rec = json.loads(line)
+            rec = json.loads(line, object_pairs_hook=_no_duplicate_keys)
             if not isinstance(rec, dict):
                 raise ValueError("not a JSON object")
+        except RecursionError:
+            problems.append(Problem(row, "bad_json", "", f"{path}: row {row} (line {line_no}) is nested too deeply to read",
+                                    "write one flat JSON object per line"))
+            rows.append({})
+            continue
         except ValueError as e:
             problems.append(Problem(row, "bad_json", "", f"{path}: row {row} (line {line_no}) is not a JSON object ({e})",
                                     "write one JSON object per line"))
@@ -242,6 +318,14 @@ def _read_jsonl(path: Path) -> tuple[list[str], list[dict[str, object]], list[Pr
     return header, rows, problems
 
 
+def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    keys = [k for k, _ in pairs]
+    dups = sorted({k for k in keys if keys.count(k) > 1})
+    if dups:
+        raise ValueError(f"key {dups[0]!r} appears more than once")
+    return dict(pairs)
+
+
 def _read_parquet(path: Path) -> tuple[list[str], list[dict[str, object]], list[Problem]]:
     import pyarrow.parquet as pq
 
@@ -249,7 +333,8 @@ def _read_parquet(path: Path) -> tuple[list[str], list[dict[str, object]], list[
         table = pq.read_table(path)
     except Exception as e:  # pyarrow raises several unrelated types for a damaged file
         raise ManifestError(f"{path}: not a readable Parquet file ({e}); re-export it") from e
-    return list(table.column_names), table.to_pylist(), []
+    header = list(table.column_names)
+    return header, table.to_pylist(), _duplicate_columns(path, header)
 
 
 def _load_folder(root: Path) -> Manifest:

@@ -131,14 +131,7 @@ def decode_inputs(raw: RawInputs, cfg: ServeConfig, sample_rates: dict[str, int 
         stream.name = modality  # how the decoders' messages name it
         try:
             if modality == "image":
-                out[modality] = load_image(stream, max_pixels=cfg.max_image_pixels)
-                w, h = out[modality].size
-                if max(w, h) > cfg.max_aspect_ratio * min(w, h):
-                    # Resizing the short side up to the encoder's size would turn a 1x100000 strip, small as
-                    # it is, into a multi-gigapixel intermediate.
-                    raise RequestRejected(422, "extreme_aspect_ratio",
-                                          f"image: {w}x{h} is more than {cfg.max_aspect_ratio:g} times longer than "
-                                          "wide; crop it")
+                out[modality] = load_image(stream, max_pixels=cfg.max_image_pixels, max_aspect_ratio=cfg.max_aspect_ratio)
             else:
                 out[modality] = load_audio(stream, sample_rate=sample_rates.get("audio"), max_seconds=cfg.max_audio_seconds)
         except MediaError as e:

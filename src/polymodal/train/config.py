@@ -528,11 +528,11 @@ def set_fields(d: dict[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
     return d
 
 
-def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """A config's dict form with ``dotted.key=value`` overrides set (values read as YAML: 5e-4, true, [a, b]).
+def parse_overrides(overrides: list[str]) -> dict[str, Any]:
+    """``dotted.key=value`` strings as {dotted key: value}, each value read as YAML (5e-4, true, [a, b]).
 
     Raises:
-        ConfigError: an override is not KEY=VALUE, or its key is not a config field (named with the nearest one).
+        ConfigError: an item is not KEY=VALUE, or its value is not YAML.
     """
     import yaml
 
@@ -545,7 +545,16 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
             values[key] = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError as e:
             raise ConfigError(f"{key}: {raw!r} is not a value ({e})") from e
-    return set_fields(d, values)
+    return values
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A config's dict form with ``dotted.key=value`` overrides set (see ``parse_overrides``).
+
+    Raises:
+        ConfigError: an override is not KEY=VALUE, or its key is not a config field (named with the nearest one).
+    """
+    return set_fields(d, parse_overrides(overrides))
 
 
 def field_comments(cls: type) -> dict[str, str]:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..data.manifest import Example, Manifest
+from ..data.manifest import SPLIT_NAMES, Example, Manifest
 from ..errors import ConfigError, ManifestError
 from ..features import encode, load_input
 from ..fusion import ModalityFeatures
@@ -37,12 +37,12 @@ def make_splits(manifest: Manifest, cfg: DataConfig, labelled: bool = True) -> S
         raise ConfigError(f"data.manifest: {manifest.path} has no 'label' column to train on")
     examples = manifest.examples
     if "split" in manifest.columns:
-        train = [e for e in examples if e.split == "train"]
-        val = [e for e in examples if e.split in ("val", "valid", "validation")]
-        test = [e for e in examples if e.split == "test"]
-        unknown = sorted({e.split for e in examples} - {"train", "val", "valid", "validation", "test"})
+        named = {name: [e for e in examples if SPLIT_NAMES.get(e.split or "") == name] for name in ("train", "val", "test")}
+        train, val, test = named["train"], named["val"], named["test"]
+        unknown = sorted({str(e.split or "") for e in examples if e.split not in SPLIT_NAMES})
         if unknown:
-            raise ManifestError(f"{manifest.path}: split values {unknown} are not train, val or test")
+            raise ManifestError(f"{manifest.path}: split values {unknown} are not train, val or test; "
+                                f"`polymodal data check {manifest.path}` names each row")
     else:
         y = [e.label for e in examples] if labelled else None
         train, test = _split(examples, cfg.test_fraction, y, cfg.seed, manifest.path, "data.test_fraction") \
