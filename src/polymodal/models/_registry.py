@@ -13,7 +13,7 @@ from ._resolver import resolve_model
 from .encoder import MODALITIES, Encoder
 
 # Bumped whenever preprocessing code changes what an encoder outputs, so old cached features are not reused.
-PREPROCESS_VERSION = 1
+PREPROCESS_VERSION = 2  # 2: transparent images composited onto white, not onto what lies under alpha 0
 
 AUDIO_MODEL_TYPES = {"wav2vec2", "hubert", "wavlm", "whisper", "audio-spectrogram-transformer", "data2vec-audio",
                      "wav2vec2-conformer", "unispeech", "unispeech-sat"}
