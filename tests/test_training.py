@@ -217,3 +217,73 @@ def test_a_run_saved_from_a_relative_manifest_path_reloads(tmp_path, tiny_model_
     run_dir = train(load_config("c.yaml"), progress=False)
     saved = load_config(run_dir / "config.yaml")
     assert Path(saved.data.manifest) == dataset.resolve()  # not runs/rel/d/m.csv
+
+
+def test_modality_dropout_hides_modalities_but_never_an_examples_last_one():
+    from polymodal.fusion import ModalityFeatures, drop_modalities
+
+    torch.manual_seed(0)
+    n = 4000
+    both = torch.ones(n, dtype=torch.bool)
+    text_only = torch.arange(n) % 4 == 0  # a quarter of the examples have no image
+    inputs = {"text": ModalityFeatures(torch.ones(n, 3), both.clone()),
+              "image": ModalityFeatures(torch.ones(n, 5), ~text_only)}
+    out = drop_modalities(inputs, 0.4)
+    kept = torch.stack([out["text"].present, out["image"].present], 1)
+    assert kept.any(1).all()  # nobody lost everything
+    assert out["text"].present[text_only].all()  # a lone modality is never dropped
+    assert not (out["image"].present & text_only).any()  # and an absent one never comes back
+    assert (out["image"].pooled[~out["image"].present] == 0).all()
+    pairs = ~text_only
+    dropped = (~kept[pairs]).float().mean().item()  # each of two dropped with p=0.4 unless both would be
+    assert 0.3 < dropped < 0.4
+    same = drop_modalities(inputs, 0.0)
+    assert torch.equal(same["image"].present, inputs["image"].present)
+
+
+def test_gate_balance_pulls_a_collapsed_gate_back_towards_uniform():
+    from polymodal.fusion import GatedFusion, ModalityFeatures
+
+    torch.manual_seed(0)
+    head = GatedFusion({"a": 4, "b": 4}, num_classes=2, hidden=8, gate_balance=1.0)
+    with torch.no_grad():
+        head.gate.bias.copy_(torch.tensor([6.0, -6.0]))  # collapsed onto a
+    x = {m: ModalityFeatures(torch.randn(64, 4), torch.ones(64, dtype=torch.bool)) for m in ("a", "b")}
+    head.train()
+    head(x)
+    first = head.last_gates.mean(0)[0].item()
+    assert first > 0.99 and head.aux_loss.item() > 0.5
+    opt = torch.optim.SGD(head.gate.parameters(), lr=0.5)
+    for _ in range(50):
+        opt.zero_grad()
+        head(x)
+        head.aux_loss.backward()
+        opt.step()
+    assert head.last_gates.mean(0)[0].item() < 0.7
+    head.eval()
+    head.aux_loss = None
+    head(x)
+    assert head.aux_loss is None  # only training adds the term
+
+
+def test_a_collapsed_gate_is_a_warning_in_the_runs_metrics_and_report(dataset, tiny_model_dir, tmp_path, capsys,
+                                                                        monkeypatch):
+    import polymodal.classify.results as results
+    from polymodal.eval import report_run
+
+    assert results.gate_collapse_warning({"text": 0.6, "image": 0.4}) is None
+    text = results.gate_collapse_warning({"text": 0.9996, "image": 0.0004},
+                                         {"text": {"accuracy": 0.9}, "image": {"accuracy": 0.5}})
+    assert "collapsed onto text" in text and "0.900 without text" in text and "gate_balance" in text
+    d = make_config(dataset, tiny_model_dir, tmp_path / "run", "gated").to_dict()
+    d["model"]["fusion"].update(modality_dropout=0.3, gate_balance=0.1)
+    monkeypatch.setattr(results, "GATE_COLLAPSE", 0.5)  # two gates: the larger is always over 0.5
+    run_dir = train(config_from_dict(d), progress=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert len(metrics["warnings"]) == 1 and "gated fusion collapsed onto" in metrics["warnings"][0]
+    assert "warning: gated fusion collapsed" in capsys.readouterr().out
+    report_run(run_dir)
+    assert "gated fusion collapsed onto" in (run_dir / "report" / "report.md").read_text()
+    d["model"]["fusion"] = {"kind": "early", "gate_balance": 0.1}
+    with pytest.raises(ConfigError, match="only the gated head has a gate"):
+        config_from_dict(d)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..fusion import ModalityFeatures, build_fusion
+from ..fusion import ModalityFeatures, build_fusion, drop_modalities
 from ..models import Encoder, build_encoder
 from ..train.config import CACHED_MODES, PROMPT_MODES, TrainConfig
 from ..train.data import RawBatch
@@ -23,14 +23,18 @@ class MultimodalClassifier(nn.Module):
     without (linear probe) it takes the cached features directly: ``dict[modality, ModalityFeatures]``.
     """
 
-    def __init__(self, head: nn.Module, encoders: dict[str, Encoder] | None = None, sequence: bool = False):
+    def __init__(self, head: nn.Module, encoders: dict[str, Encoder] | None = None, sequence: bool = False,
+                 modality_dropout: float = 0.0):
         super().__init__()
         self.head = head
         self.encoders = nn.ModuleDict(encoders or {})
         self.sequence = sequence
+        self.modality_dropout = modality_dropout  # training only
 
     def forward(self, batch: RawBatch | dict[str, ModalityFeatures]) -> torch.Tensor:
         features = self.encode(batch) if isinstance(batch, RawBatch) else batch
+        if self.training and self.modality_dropout > 0 and len(features) > 1:
+            features = drop_modalities(features, self.modality_dropout)
         return self.head(features)
 
     def encode(self, batch: RawBatch) -> dict[str, ModalityFeatures]:
@@ -95,8 +99,9 @@ def build_classifier(cfg: TrainConfig, num_classes: int, dims: dict[str, int] | 
     elif f.kind == "cross_attention":
         head = build_fusion(f.kind, dims, num_classes, d_model=f.hidden, dropout=f.dropout, **extra)
     else:
-        head = build_fusion(f.kind, dims, num_classes, hidden=f.hidden, dropout=f.dropout)
-    model = MultimodalClassifier(head, encoders, sequence=sequence)
+        head = build_fusion(f.kind, dims, num_classes, hidden=f.hidden, dropout=f.dropout,
+                            **({"gate_balance": f.gate_balance} if f.kind == "gated" else {}))
+    model = MultimodalClassifier(head, encoders, sequence=sequence, modality_dropout=f.modality_dropout)
     if mode == "lora":
         for enc in model.encoders.values():
             t = cfg.tuning

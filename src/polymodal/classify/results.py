@@ -16,6 +16,9 @@ from ..train.data import Splits
 from ..train.loop import parameter_counts
 from .predict import Inputs, alignment_scores, predict_split, scores
 
+# A mean gate above this on one modality: the gated head has all but stopped looking at the others.
+GATE_COLLAPSE = 0.95
+
 
 def write_results(run_dir: Path, cfg: TrainConfig, model, splits: Splits, test_in: Inputs, device, seconds: float) -> None:
     counts = parameter_counts(model)
@@ -42,9 +45,29 @@ def write_results(run_dir: Path, cfg: TrainConfig, model, splits: Splits, test_i
               f"({len(splits.test)} examples)")
     if gates:  # mean gate weight per modality over the test set (gated fusion)
         result["gates"] = dict(zip(model.head.modalities, torch.cat(gates).mean(0).tolist()))
+        warning = gate_collapse_warning(result["gates"], result.get("ablation"))
+        if warning:
+            result["warnings"] = [warning]
+            print(f"warning: {warning}")
     if hasattr(model.head, "modality_weights"):
         result["late_weights"] = model.head.modality_weights()
     ckpt.write_json(run_dir / "metrics.json", result)
+
+
+def gate_collapse_warning(gates: dict[str, float], ablation: dict[str, dict] | None = None) -> str | None:
+    """A sentence when the gated head put (nearly) all its weight on one modality, else None."""
+    top, weight = max(gates.items(), key=lambda kv: kv[1])
+    if weight <= GATE_COLLAPSE:
+        return None
+    others = ", ".join(m for m in gates if m != top)
+    detail = ""
+    if ablation and all(m in ablation for m in gates):
+        # ablation[m]: the score with m dropped, i.e. the other modalities alone
+        detail = " (test accuracy without it: " + ", ".join(
+            f"{ablation[m]['accuracy']:.3f} without {m}" for m in gates) + ")"
+    return (f"gated fusion collapsed onto {top} (mean gate {weight:.4f}): it all but ignores {others}{detail}; "
+            "compare with single-modality runs, and retrain with model.fusion.gate_balance=0.1 or "
+            "model.fusion.modality_dropout=0.3")
 
 
 def write_predictions(path: Path, inputs: Inputs, probs: torch.Tensor, labels: list[str]) -> None:

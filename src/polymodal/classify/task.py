@@ -118,7 +118,9 @@ class HeadTask:
         if self.align:
             return clip_loss(*out)
         weight = None if self.class_weight is None else self.class_weight.to(device)
-        return nn.functional.cross_entropy(out.float(), self.train_in.targets[idx].to(device), weight=weight)
+        loss = nn.functional.cross_entropy(out.float(), self.train_in.targets[idx].to(device), weight=weight)
+        aux = getattr(self.model.head, "aux_loss", None)  # the gated head's gate_balance term of this batch
+        return loss if aux is None else loss + aux
 
     def validate(self, device: torch.device) -> dict[str, float]:
         inputs = self.val_in if self.val_in.examples else self.train_in

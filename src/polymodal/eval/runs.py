@@ -110,6 +110,8 @@ def report_run(run_dir: str | Path, out_dir: str | Path | None = None) -> tuple[
     for key, name in (("gates", "mean gate"), ("late_weights", "late-fusion weight")):
         for m, w in info.get(key, {}).items():
             extra[f"{name}: {m}"] = round(w, 4)
+    for i, warning in enumerate(info.get("warnings", []), start=1):
+        extra[f"warning {i}"] = warning
     return write_report(out_dir or run_dir / "report", run_dir.name, metrics, training_log=log_rows,
                         ablation=ablation, extra=extra, mistakes=confident_mistakes(run_dir))
 

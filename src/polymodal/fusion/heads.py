@@ -62,13 +62,16 @@ class GatedFusion(nn.Module):
     ``last_gates`` holds the gate weights (batch, modalities) of the last forward pass, for reporting.
     """
 
-    def __init__(self, dims: dict[str, int], num_classes: int, hidden: int = 256, dropout: float = 0.1):
+    def __init__(self, dims: dict[str, int], num_classes: int, hidden: int = 256, dropout: float = 0.1,
+                 gate_balance: float = 0.0):
         super().__init__()
         self.modalities = tuple(dims)
         self.proj = nn.ModuleDict({m: nn.Sequential(nn.LayerNorm(d), nn.Linear(d, hidden), nn.GELU()) for m, d in dims.items()})
         self.gate = nn.Linear(hidden * len(dims), len(dims))
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(hidden, num_classes))
+        self.gate_balance = gate_balance
         self.last_gates: torch.Tensor | None = None
+        self.aux_loss: torch.Tensor | None = None  # training: gate_balance x KL(uniform || batch-mean gate)
 
     def forward(self, inputs: dict[str, ModalityFeatures]) -> torch.Tensor:
         _check_inputs(inputs, self.modalities)
@@ -77,6 +80,12 @@ class GatedFusion(nn.Module):
         scores = self.gate(h.flatten(1)).masked_fill(~present, float("-inf"))
         gates = torch.nan_to_num(scores.softmax(-1))  # an example with no modality at all gets zero weights
         self.last_gates = gates.detach()
+        if self.training and self.gate_balance > 0:
+            # As mixture-of-experts load balancing: the batch's mean gate is pulled towards uniform, so the head
+            # cannot put all its weight on one modality, while single examples may still lean on one.
+            # KL(uniform || mean) rather than the reverse: its gradient stays large when a gate is saturated.
+            mean = gates.mean(0).clamp_min(1e-8)
+            self.aux_loss = -self.gate_balance * (mean * len(self.modalities)).log().mean()
         return self.classifier((gates.unsqueeze(-1) * h).sum(1))
 
 
@@ -123,6 +132,25 @@ class CrossAttentionFusion(nn.Module):
         keep = torch.cat([torch.ones(batch, 1, dtype=torch.bool, device=x.device), *masks], dim=1)
         x = self.encoder(x, src_key_padding_mask=~keep)
         return self.classifier(self.norm(x[:, 0]))
+
+
+def drop_modalities(inputs: dict[str, ModalityFeatures], p: float) -> dict[str, ModalityFeatures]:
+    """Modality dropout (training): each present modality of each example is hidden with probability ``p``, never
+    the last one an example has, so a head learns to use every modality instead of leaning on the easiest."""
+    modalities = tuple(inputs)
+    present = torch.stack([inputs[m].present for m in modalities], dim=1)  # (batch, M)
+    keep = present & (torch.rand(present.shape, device=present.device) >= p)
+    lost = present.any(1) & ~keep.any(1)
+    if lost.any():  # every modality of an example dropped: give it back one of its own, drawn at random
+        pick = torch.where(present[lost], torch.rand(present[lost].shape, device=present.device), -1.0).argmax(1)
+        keep[lost.nonzero().squeeze(1), pick] = True
+    out = {}
+    for i, m in enumerate(modalities):
+        f = inputs[m]
+        k = keep[:, i]
+        out[m] = ModalityFeatures(f.pooled * k.unsqueeze(-1).to(f.pooled.dtype), k, f.sequence,
+                                  None if f.mask is None else f.mask & k.unsqueeze(-1))
+    return out
 
 
 def _pool_tokens(seq: torch.Tensor, mask: torch.Tensor, budget: int) -> tuple[torch.Tensor, torch.Tensor]:

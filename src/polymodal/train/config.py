@@ -55,6 +55,8 @@ class FusionConfig:
     layers: int = 2  # cross_attention: transformer layers
     heads: int = 4  # cross_attention: attention heads
     combine: str = "learned"  # late: combine the per-modality heads by learned weights or 'mean'
+    modality_dropout: float = 0.0  # training: hide each modality of an example with this probability (never its last)
+    gate_balance: float = 0.0  # gated: weight of a loss pulling the mean gate towards uniform (stops a gate collapsing)
 
     def __post_init__(self):
         if self.kind not in FUSION_KINDS:
@@ -63,6 +65,11 @@ class FusionConfig:
             raise ConfigError(f"model.fusion.combine: {self.combine!r} is not 'learned' or 'mean'")
         if self.hidden < 1 or not 0 <= self.dropout < 1:
             raise ConfigError("model.fusion.hidden must be >= 1 and model.fusion.dropout in [0, 1)")
+        if not 0 <= self.modality_dropout < 1:
+            raise ConfigError(f"model.fusion.modality_dropout: {self.modality_dropout} is not in [0, 1)")
+        if self.gate_balance < 0 or (self.gate_balance > 0 and self.kind != "gated"):
+            raise ConfigError(f"model.fusion.gate_balance: {self.gate_balance} must be >= 0, and only the gated head "
+                              f"has a gate (kind is {self.kind!r})")
 
 
 @dataclass(frozen=True)
