@@ -132,55 +132,23 @@ def run_build(args: argparse.Namespace) -> int:
     return 0
 
 
-def make_answerer(args: argparse.Namespace, kb):
-    """The answerer the flags ask for (library code; the CLI only picks)."""
-    from ..kb import GenerativeAnswerer, GroundedAnswerer, SentenceSelector, SpanExtractor, SpanReader
+def ask_options(args: argparse.Namespace):
+    """The flags as the library's ``AskOptions``."""
+    from ..kb.ask import AskOptions
 
-    if args.extractive and (args.reader or args.sentence):
-        return SpanReader(args.reader) if args.reader else SentenceSelector(kb)
-    from ..kb.lm import load_answer_lm
-
-    model, tokenizer = load_answer_lm(args.lm)
-    spans = SpanExtractor(kb, model, tokenizer)
-    if args.extractive:
-        return spans
-    return GroundedAnswerer(GenerativeAnswerer(model, tokenizer, max_new_tokens=args.max_new_tokens), spans)
-
-
-def _reranker(args):
-    if not args.rerank:
-        return None
-    from ..kb.rerank import CrossEncoderReranker
-
-    return CrossEncoderReranker(args.rerank)
-
-
-def _threshold(args) -> float:
-    from ..kb import DEFAULT_THRESHOLD
-
-    return DEFAULT_THRESHOLD if args.threshold is None else args.threshold
-
-
-def _refusal(args, kb):
-    """The calibrated refusal model, unless --threshold asks for the plain cosine rule."""
-    if args.threshold is not None:
-        return None
-    from ..kb.refusal import RefusalModel
-
-    return RefusalModel(kb, k=args.k)
+    return AskOptions(k=args.k, mode=args.mode, rerank=args.rerank, rerank_depth=args.rerank_depth,
+                      extractive=args.extractive, sentence=args.sentence, reader=args.reader, lm=args.lm,
+                      max_new_tokens=args.max_new_tokens, threshold=args.threshold)
 
 
 def run_ask(args: argparse.Namespace) -> int:
-    from ..kb import KnowledgeBase, answer
+    from ..kb import KnowledgeBase
+    from ..kb.ask import Asker
 
     kb = KnowledgeBase(args.kb, encoder=args.encoder, dsn=args.dsn)
-    retrieval = kb.retrieve(args.question, k=args.k, mode=args.mode, reranker=_reranker(args),
-                            rerank_depth=args.rerank_depth)
-    threshold, refusal = _threshold(args), _refusal(args, kb)
-    refused = not retrieval.hits or (refusal.refuse(retrieval) if refusal else retrieval.best_dense < threshold)
-    answerer = None if refused else make_answerer(args, kb)
-    result = answer(kb, args.question, answerer, k=args.k, threshold=threshold, retrieval=retrieval,
-                    refusal=refusal)
+    asker = Asker(kb, ask_options(args))
+    asked = asker.ask(args.question)
+    result, retrieval = asked.answer, asked.retrieval
     if args.json:
         print(json.dumps({"answer": result.text, "found": result.found, "best_dense": result.best_dense,
                           "cited": [_hit_json(h) for h in result.sources],
@@ -189,14 +157,14 @@ def run_ask(args: argparse.Namespace) -> int:
     print(result.text)
     if not retrieval.hits:
         print("(retrieval found nothing: the knowledge base is empty or shares no word with the question)")
-    elif not result.found and not refused:
+    elif not result.found and not asked.refused:
         print("(no answer supported by the passages was found in them)")
-    elif not result.found and refusal is not None:
-        f = refusal.features(retrieval)
+    elif not result.found and asked.refusal_features:
+        f = asked.refusal_features
         print(f"(judged not relevant: best cosine {f['best_dense']:.3f}, question words covered {f['coverage']:.2f}, "
               f"best sentence {f['sentence']:.3f})")
     elif not result.found:
-        print(f"(best passage similarity {result.best_dense:.3f} is under the threshold {threshold}; retrieval "
+        print(f"(best passage similarity {result.best_dense:.3f} is under the threshold {asker.threshold}; retrieval "
               "found nothing relevant)")
     print()
     cited = {h.chunk.id for h in result.sources}
@@ -219,11 +187,13 @@ def run_eval(args: argparse.Namespace) -> int:
     from ..kb import KnowledgeBase, evaluate_kb, write_report
     from ..kb.evaluate import report_markdown
 
+    from ..kb.ask import Asker
+
     kb = KnowledgeBase(args.kb, encoder=args.encoder, dsn=args.dsn)
-    answerer = None if args.retrieval_only else make_answerer(args, kb)
-    report = evaluate_kb(kb, args.data, answerer, k=args.k, answer_mode=args.mode, threshold=_threshold(args),
-                         max_answered=args.max_answered, oracle=not args.no_oracle, reranker=_reranker(args),
-                         rerank_depth=args.rerank_depth)
+    asker = Asker(kb, ask_options(args))
+    report = evaluate_kb(kb, args.data, None if args.retrieval_only else asker.answerer, k=args.k, answer_mode=args.mode,
+                         threshold=asker.threshold, max_answered=args.max_answered, oracle=not args.no_oracle,
+                         reranker=asker.reranker, rerank_depth=args.rerank_depth)
     json_path, md_path = write_report(report, args.out)
     print(report_markdown(report))
     print(f"wrote {md_path} and {json_path}")

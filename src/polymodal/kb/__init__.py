@@ -7,6 +7,7 @@ chunks and vectors) -> ``index`` (FAISS or pgvector) and ``hybrid`` (BM25, recip
 
 from .answer import (DEFAULT_THRESHOLD, NOT_FOUND, Answer, GenerativeAnswerer, GroundedAnswerer, SentenceSelector,
                      SpanReader, answer, answer_from, is_supported, strip_citations)
+from .ask import Asked, Asker, AskOptions
 from .build import BuildReport, build_kb
 from .chunking import Chunk, chunk_text
 from .config import KBConfig
@@ -19,7 +20,7 @@ from .sources import Document, SourceProblem, discover, read_source
 from .squad import exact_match, f1_score, normalize_answer, read_squad
 
 __all__ = [
-    "Answer", "BM25Index", "BuildReport", "Chunk", "DEFAULT_THRESHOLD", "Document", "FaissIndex",
+    "Answer", "Asked", "Asker", "AskOptions", "BM25Index", "BuildReport", "Chunk", "DEFAULT_THRESHOLD", "Document", "FaissIndex",
     "GenerativeAnswerer", "GroundedAnswerer", "Hit", "KBConfig", "KnowledgeBase", "NOT_FOUND", "PgVectorIndex",
     "Retrieval", "SentenceSelector", "SourceProblem", "SpanExtractor", "SpanReader", "VectorIndex", "answer",
     "answer_from", "build_kb", "chunk_text", "discover", "evaluate_kb", "exact_match", "f1_score", "is_supported",
