@@ -15,9 +15,8 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from PIL import Image
-
 from _media import sine, truncate, write_png_header
+from PIL import Image
 
 LABELS = ("r", "g", "b")
 IMAGE_FORMATS = {"png": "PNG", "jpg": "JPEG", "webp": "WEBP", "gif": "GIF", "bmp": "BMP", "tif": "TIFF"}
@@ -93,7 +92,7 @@ def build_corpus(root: Path) -> tuple[Path, dict[int, set[str]]]:
     pal.save(buf, "PNG", transparency=bytes([0] + [255] * 255))
     (data / "img" / "palette.png").write_bytes(buf.getvalue())
     add(image="img/palette.png")
-    Image.fromarray((np.arange(256, dtype=np.uint16).reshape(16, 16) * 200)).save(data / "img" / "deep.png")
+    Image.fromarray(np.arange(256, dtype=np.uint16).reshape(16, 16) * 200).save(data / "img" / "deep.png")
     add(image="img/deep.png")
 
     # audio: every format empty and cut in half; mp3 bytes named .wav; NaN and Inf samples

@@ -8,11 +8,17 @@ import warnings
 
 import numpy as np
 import pytest
+from _media import write_image
 from PIL import Image
 
-from _media import write_image
 from polymodal.cli.main import main
-from polymodal.data import CheckLimits, check_manifest, load_image, load_manifest, require_clean
+from polymodal.data import (
+    CheckLimits,
+    check_manifest,
+    load_image,
+    load_manifest,
+    require_clean,
+)
 from polymodal.errors import ManifestError, MediaError
 
 

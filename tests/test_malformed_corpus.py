@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 import yaml
-
 from _malformed import build_corpus
+
 from polymodal.cli.main import main
 from polymodal.data import check_manifest, load_manifest
 

@@ -136,7 +136,7 @@ def test_train_in_the_background_then_report_and_classify(dataset, tiny_model_di
     assert both["probabilities"] != answer["probabilities"]  # the image changed the input
     image_only = studio.classify("probe", image=png.getvalue())
     assert sum(p["p"] for p in image_only["probabilities"]) == pytest.approx(1, abs=1e-5)
-    with pytest.raises(h.StudioError, match="type a text or upload an image"):
+    with pytest.raises(h.StudioError, match="type a text, or upload an image or a recording"):
         studio.classify("probe")
 
     # Evaluate's compare view: a second run on the same test rows, with the bootstrap verdict in plain words
@@ -240,3 +240,174 @@ def test_the_studio_command_binds_this_machine_only_by_default():
 
     args = build_parser().parse_args(["studio"])
     assert (args.host, args.port, str(args.runs)) == ("127.0.0.1", 7860, "runs")
+
+
+# --- Playground: audio, zero-shot, transcription, knowledge base; Data uploads; Ship ---------------------------
+
+def _wav(freq: float, seconds: float = 0.25, rate: int = 16_000) -> bytes:
+    import numpy as np
+    import soundfile as sf
+
+    t = np.arange(int(rate * seconds)) / rate
+    buf = io.BytesIO()
+    sf.write(buf, (0.3 * np.sin(2 * np.pi * freq * t)).astype("float32"), rate, format="WAV")
+    return buf.getvalue()
+
+
+def test_classify_an_uploaded_recording_with_an_audio_run(tmp_path, tiny_model_dir):
+    data = write_dataset(tmp_path / "data", n=18, audio=True)
+    studio = h.Studio(tmp_path / "runs")
+    job = studio.start("aud", str(data), {"audio": str(tiny_model_dir("wav2vec2"))}, SMALL)
+    _wait(job)
+    assert studio.status("aud")["status"] == "finished", studio.status("aud")["error"]
+    low, high = studio.classify("aud", audio=_wav(300)), studio.classify("aud", audio=_wav(1100, rate=8_000))
+    for answer in (low, high):
+        assert {p["label"] for p in answer["probabilities"]} == {"r", "g", "b"}
+        assert sum(p["p"] for p in answer["probabilities"]) == pytest.approx(1, abs=1e-5)
+    assert low["probabilities"] != high["probabilities"]
+    with pytest.raises(Exception, match="audio"):  # a text file is not a recording: one clear line
+        studio.classify("aud", audio=b"not audio at all")
+
+
+def test_zero_shot_over_typed_class_names(tmp_path, tiny_model_dir):
+    studio = h.Studio(tmp_path / "runs")
+    png = io.BytesIO()
+    Image.new("RGB", (16, 16), (250, 20, 20)).save(png, format="PNG")
+    clip = str(tiny_model_dir("clip"))
+    answer = studio.zero_shot("red, green , blue", png.getvalue(), model=clip)
+    assert [p["label"] for p in answer["probabilities"]] != [] and \
+        {p["label"] for p in answer["probabilities"]} == {"red", "green", "blue"}
+    assert sum(p["p"] for p in answer["probabilities"]) == pytest.approx(1, abs=1e-5)
+    with pytest.raises(Exception, match="at least two different class names"):
+        studio.zero_shot("red", png.getvalue(), model=clip)
+    with pytest.raises(h.StudioError, match="upload an image"):
+        studio.zero_shot("red, blue", None, model=clip)
+
+
+def test_ask_a_knowledge_base_shows_the_answer_and_its_cited_passages(tmp_path, tiny_model_dir):
+    from polymodal.kb import KBConfig, build_kb
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "hours.txt").write_text("The office opens at nine in the morning and closes at five.")
+    (src / "lunch.txt").write_text("The cafeteria serves lunch from noon until two.")
+    cfg = KBConfig(encoder=str(tiny_model_dir("bert")), chunk_tokens=24, overlap_tokens=3, max_tokens=32)
+    build_kb([src], tmp_path / "kb", cfg, progress=False)
+    studio = h.Studio(tmp_path / "runs")
+    # the sentence answerer needs no language model; the tiny encoder's cosines are random, so threshold -1 is
+    # not available here: the refusal model decides, and either way passages come back
+    answer = studio.ask(str(tmp_path / "kb"), "when does the cafeteria serve lunch?", mode="sentence")
+    assert answer["passages"] and all({"n", "title", "doc_id", "text", "cited"} <= set(p) for p in answer["passages"])
+    if answer["found"]:  # the tiny encoder is random: which sentence wins is not fixed, but it is a cited one
+        cited = [p["text"] for p in answer["passages"] if p["cited"]]
+        assert cited and any(answer["answer"].strip(" .[]0123456789") in text for text in cited)
+    else:
+        assert answer["answer"].lower().startswith("not in the knowledge base")
+    with pytest.raises(h.StudioError, match="answer mode"):
+        studio.ask(str(tmp_path / "kb"), "q", mode="guess")
+    with pytest.raises(h.StudioError, match="type a question"):
+        studio.ask(str(tmp_path / "kb"), " ", mode="sentence")
+
+
+def test_upload_a_manifest_or_a_zip_of_one_with_its_media(dataset, tmp_path):
+    import zipfile
+
+    studio = h.Studio(tmp_path / "runs")
+    text_only = studio.upload("notes.csv", b"text,label\nhello,a\nbye,b\n")
+    assert h.data_view(text_only["manifest"])["n_rows"] == 2
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        z.write(dataset, "set/m.csv")
+        for p in sorted((dataset.parent / "img").iterdir()):
+            z.write(p, f"set/img/{p.name}")
+    view = h.data_view(studio.upload("set.zip", buf.getvalue())["manifest"])
+    assert view["n_rows"] == 30 and view["problems"] == []  # media paths resolve inside the unpacked folder
+    evil = io.BytesIO()
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../../escape.txt", "x")
+    with pytest.raises(h.StudioError, match="outside its folder"):
+        studio.upload("evil.zip", evil.getvalue())
+    assert not (tmp_path / "escape.txt").exists()
+    with pytest.raises(h.StudioError, match="upload a .csv"):
+        studio.upload("model.pkl", b"\x80\x04")
+    with pytest.raises(h.StudioError, match="not a readable zip"):
+        studio.upload("broken.zip", b"PK\x03\x04 truncated")
+
+
+def test_ship_compress_export_and_serve_with_live_metrics(dataset, tiny_model_dir, tmp_path):
+    import urllib.request
+
+    studio = h.Studio(tmp_path / "runs")
+    _wait(studio.start("probe", str(dataset), _encoders(tiny_model_dir), SMALL))
+    compressed = studio.compress("probe", int8=True)
+    assert compressed["run"] in {r["name"] for r in studio.runs()} and "INT8" in compressed["markdown"]
+    exported = studio.export("probe")
+    assert (tmp_path / "runs" / "probe" / "export" / "model.onnx").is_file() and exported["rows"] > 0
+    state = studio.serve_start("probe")
+    try:
+        for _ in range(240):  # the server process imports torch and loads the run
+            state = studio.serving("probe")
+            if state["status"] == "serving":
+                break
+            import time
+
+            time.sleep(0.5)
+        assert state["status"] == "serving", state
+        request = urllib.request.Request(f"{state['url']}/v1/predict", data=json.dumps({"text": "red apple"}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as r:
+            assert r.status == 200
+        metrics = studio.serving("probe")["metrics"]
+        assert metrics["requests_2xx"] >= 1 and metrics["mean_latency_ms"] > 0
+    finally:
+        stopped = studio.serve_stop("probe")
+    assert stopped["status"] == "stopped"
+    with pytest.raises(h.StudioError, match="not being served"):
+        studio.serve_stop("never")
+
+
+def test_metrics_summary_reads_the_servers_exposition():
+    from polymodal.serve._metrics import Metrics
+    from prometheus_client import generate_latest
+
+    m = Metrics()
+    m.requests.labels("/v1/predict", "200").inc(3)
+    m.requests.labels("/v1/predict", "429").inc()
+    m.latency_seconds.labels("/v1/predict").observe(0.02)
+    m.latency_seconds.labels("/v1/predict").observe(0.04)
+    m.queue_depth.set(2)
+    s = h.metrics_summary(generate_latest(m.registry).decode())
+    assert (s["requests_2xx"], s["requests_4xx"], s["requests_5xx"], s["queue_depth"]) == (3, 1, 0, 2)
+    assert s["mean_latency_ms"] == pytest.approx(30.0)
+
+
+def test_streamed_chat_yields_the_answer_in_pieces_and_refuses_attachments_a_text_lm_cannot_read(tiny_model_dir,
+                                                                                                    tmp_path):
+    studio = h.Studio(tmp_path / "runs")
+    lm = str(tiny_model_dir("chat_llama"))
+    pieces = list(studio.chat_stream(lm, [], "hello", max_new_tokens=6))
+    whole = studio.chat(lm, [], "hello", max_new_tokens=6)["answer"]
+    assert "".join(pieces).strip() == whole  # the same greedy answer, streamed
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, format="PNG")
+    with pytest.raises(h.StudioError, match="reads no image"):
+        studio.chat_stream(lm, [], "what is this?", attachment=("photo.png", png.getvalue()))
+    with pytest.raises(h.StudioError, match="attach an image"):
+        studio.chat_stream(lm, [], "what is this?", attachment=("notes.txt", b"x"))
+
+
+def test_the_new_routes_answer_json_and_stream(dataset, tmp_path, tiny_model_dir):
+    from fastapi.testclient import TestClient
+
+    from polymodal.studio.app import create_app
+
+    with TestClient(create_app(tmp_path / "runs")) as client:
+        r = client.post("/api/upload", files={"file": ("t.csv", b"text,label\nhi,a\nho,b\n")})
+        assert r.status_code == 200 and r.json()["manifest"].endswith("t.csv")
+        r = client.post("/api/zeroshot", data={"classes": "a"}, files={})
+        assert r.status_code == 400 and "upload an image" in r.json()["error"]
+        r = client.post("/api/chat/stream", data={"model": str(tiny_model_dir("chat_llama")), "message": "hello"})
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/plain")
+        r = client.post("/api/chat/stream", data={"model": str(tiny_model_dir("chat_llama")), "message": " "})
+        assert r.status_code == 400 and r.json() == {"error": "StudioError: type a message"}
+        assert client.get("/api/runs/nothing/serve").json()["status"] == "not served"

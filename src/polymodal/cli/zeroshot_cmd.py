@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEFAULT_MODEL = "efficientnet-lite0"
+from ..classify.zero_shot import DEFAULT_MODEL
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -34,17 +34,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _config(args: argparse.Namespace, manifest: str):
-    from ..train.config import config_from_dict
+    from ..classify.zero_shot import zero_shot_config
 
-    image_map = args.image_map or ("conse" if args.model == DEFAULT_MODEL else "none")
-    encoder = {"model": args.model, **({"image_size": args.image_size} if args.image_size else {})}
-    return config_from_dict({
-        "data": {"manifest": manifest, "test_fraction": 0.0, "val_fraction": 0.0},
-        "model": {"encoders": {"image": encoder}},
-        "tuning": {"mode": "zeroshot", "prompt": {"templates": args.templates, "image_map": image_map,
-                                                  "text_tower": args.text_tower}},
-        "out_dir": str(args.out),
-    })
+    return zero_shot_config(manifest, args.model, templates=args.templates, image_map=args.image_map,
+                            text_tower=args.text_tower, image_size=args.image_size, out_dir=args.out)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,17 +56,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.inputs or not args.classes:
         raise PolymodalError("give image files and --classes 'cat,dog,...', or --manifest")
-    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
-    if len(classes) < 2:
-        raise PolymodalError(f"--classes: give at least two class names, got {classes}")
     for path in args.inputs:
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise PolymodalError(f"{path}: not an image file (by its extension)")
-    from ..classify import Run, build_classifier
+    from ..classify.zero_shot import zero_shot
 
-    cfg = _config(args, "-")
-    model, _ = build_classifier(cfg, len(classes), live_encoders=True, labels=classes)
-    run_ = Run(args.out, cfg, classes, model.eval())
+    run_ = zero_shot(args.classes.split(","), _config(args, "-"))
+    classes = run_.labels
     examples = [Example(row=i + 1, image=p.resolve()) for i, p in enumerate(args.inputs)]
     for ex, p in zip(examples, run_.predict(examples)):
         top = p.topk(min(args.top, len(classes)))

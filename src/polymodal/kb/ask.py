@@ -79,7 +79,12 @@ class Asker:
 def make_answerer(kb: KnowledgeBase, options: AskOptions):
     """The answerer ``options`` ask for: a span reader or sentence selector, the LM-scored span extractor, or the
     generative answerer grounded by the extractor (the default)."""
-    from .answer import GenerativeAnswerer, GroundedAnswerer, SentenceSelector, SpanReader
+    from .answer import (
+        GenerativeAnswerer,
+        GroundedAnswerer,
+        SentenceSelector,
+        SpanReader,
+    )
     from .extract import SpanExtractor
 
     if options.extractive and (options.reader or options.sentence):

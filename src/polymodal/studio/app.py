@@ -21,12 +21,26 @@ PASSWORD_ENV = "POLYMODAL_STUDIO_PASSWORD"
 def create_app(runs_dir: str | Path = "runs", password: str | None = None):
     """The studio's FastAPI app over the runs folder ``runs_dir``; with ``password`` (default: the
     ``POLYMODAL_STUDIO_PASSWORD`` environment variable) every request needs HTTP basic auth with it (any user name)."""
+    import json
+    from contextlib import asynccontextmanager
+
     from fastapi import Body, FastAPI, File, Form, Request, UploadFile
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
+    from fastapi.responses import (
+        FileResponse,
+        HTMLResponse,
+        JSONResponse,
+        Response,
+        StreamingResponse,
+    )
 
     password = password if password is not None else os.environ.get(PASSWORD_ENV) or None
     studio = Studio(runs_dir)
-    app = FastAPI(title="polymodal studio", docs_url=None, redoc_url=None, openapi_url=None)
+    @asynccontextmanager
+    async def lifespan(app):
+        yield
+        studio.close()  # runs served from the page stop with the studio
+
+    app = FastAPI(title="polymodal studio", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.studio = studio
     page = resources.files(__package__).joinpath("static/index.html").read_text(encoding="utf-8")
 
@@ -128,6 +142,26 @@ def create_app(runs_dir: str | Path = "runs", password: str | None = None):
             return {"verdicts": out["verdicts"], "html": out["html"].read_text(encoding="utf-8")}
         return answer(both)
 
+    @app.post("/api/runs/{name}/compress")
+    def compress(name: str, body: Annotated[dict, Body()]):
+        return answer(studio.compress, name, bool(body.get("int8", True)), float(body.get("prune") or 0))
+
+    @app.post("/api/runs/{name}/export")
+    def export(name: str, body: Annotated[dict, Body()]):
+        return answer(studio.export, name, bool(body.get("int8", False)))
+
+    @app.post("/api/runs/{name}/serve")
+    def serve_start(name: str):
+        return answer(studio.serve_start, name)
+
+    @app.post("/api/runs/{name}/serve/stop")
+    def serve_stop(name: str):
+        return answer(studio.serve_stop, name)
+
+    @app.get("/api/runs/{name}/serve")
+    def serving(name: str):
+        return answer(studio.serving, name)
+
     @app.get("/api/runs/{name}/{file:path}")
     def report_file(name: str, file: str):
         return file_or_404(studio.report_file, name, file)
@@ -136,11 +170,55 @@ def create_app(runs_dir: str | Path = "runs", password: str | None = None):
     def chat(body: Annotated[dict, Body()]):
         return answer(studio.chat, body.get("model", "smollm2"), body.get("history") or [], body.get("message", ""))
 
+    @app.post("/api/chat/stream")
+    async def chat_stream(model: Annotated[str, Form()] = "smollm2", history: Annotated[str, Form()] = "[]",
+                          message: Annotated[str, Form()] = "", attachment: Annotated[UploadFile | None, File()] = None):
+        """The answer as plain text, piece by piece as it is decoded (checks fail first, as one JSON error line)."""
+        data = await attachment.read() if attachment is not None else b""
+        try:
+            turns = json.loads(history or "[]")
+            from starlette.concurrency import run_in_threadpool
+
+            pieces = await run_in_threadpool(studio.chat_stream, model, turns, message, 128,
+                                             (attachment.filename or "file", data) if data else None)
+        except Exception as e:  # noqa: BLE001
+            return JSONResponse({"error": error_line(e)}, status_code=400)
+        return StreamingResponse(pieces, media_type="text/plain; charset=utf-8")
+
+    async def answer_off_loop(fn, *args):
+        """``answer`` in a worker thread: model work never blocks the page's other requests."""
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(answer, fn, *args)
+
+    async def _bytes(upload) -> bytes | None:
+        return (await upload.read()) or None if upload is not None else None
+
     @app.post("/api/classify")
     async def classify(run: Annotated[str, Form()], text: Annotated[str, Form()] = "",
-                       image: Annotated[UploadFile | None, File()] = None):
-        data = await image.read() if image is not None else None
-        return answer(studio.classify, run, text, data or None)
+                       image: Annotated[UploadFile | None, File()] = None,
+                       audio: Annotated[UploadFile | None, File()] = None):
+        return await answer_off_loop(studio.classify, run, text, await _bytes(image), await _bytes(audio))
+
+    @app.post("/api/zeroshot")
+    async def zeroshot(classes: Annotated[str, Form()], image: Annotated[UploadFile | None, File()] = None,
+                       model: Annotated[str, Form()] = ""):
+        return await answer_off_loop(studio.zero_shot, classes, await _bytes(image), model or None)
+
+    @app.post("/api/transcribe")
+    async def transcribe(audio: Annotated[UploadFile | None, File()] = None,
+                         model: Annotated[str, Form()] = "whisper-base",
+                         engine: Annotated[str, Form()] = "faster-whisper"):
+        name = audio.filename if audio is not None and audio.filename else "recording.wav"
+        return await answer_off_loop(studio.transcribe, await _bytes(audio), name, model or "whisper-base", engine)
+
+    @app.post("/api/ask")
+    def ask(body: Annotated[dict, Body()]):
+        return answer(studio.ask, body.get("kb", ""), body.get("question", ""), body.get("mode", "generative"))
+
+    @app.post("/api/upload")
+    async def upload(file: Annotated[UploadFile, File()]):
+        return await answer_off_loop(studio.upload, file.filename or "", await file.read())
 
     return app
 

@@ -24,6 +24,10 @@ from .. import run_folder
 from ..errors import PolymodalError
 
 ROWS_SHOWN = 200  # the Data tab shows this many rows; the check covers all of them
+UPLOAD_LIMIT_BYTES = 1 << 30  # one uploaded file (or a zip's unpacked total)
+UPLOADS = ".uploads"  # under the runs folder: uploaded manifests, zips unpacked, chat attachments
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
+ANSWER_MODES = {"generative": {}, "extractive": {"extractive": True}, "sentence": {"extractive": True, "sentence": True}}
 SKIPPED_SECTIONS = ("compression", "asr", "instruct")  # set by other commands or other tasks' forms (not yet in the studio)
 CHOICES = {  # fields whose values are one of a fixed set, from the config's own constants
     "task": "TASKS", "tuning.mode": "TUNING_MODES", "model.fusion.kind": "FUSION_KINDS", "optim.metric": "METRICS",
@@ -183,6 +187,7 @@ class Studio:
         self.jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._loaded: dict[str, tuple[float, Any]] = {}
+        self.servers: dict[str, tuple[Any, int]] = {}  # run name -> (serving process, port)
 
     def run_path(self, name: str) -> Path:
         """A run folder by its name under the runs folder (never a path outside it)."""
@@ -329,9 +334,10 @@ class Studio:
             self._loaded[name] = (stamp, load_run(path))
         return self._loaded[name][1]
 
-    def classify(self, name: str, text: str | None = None, image: bytes | None = None) -> dict[str, Any]:
-        """Class probabilities of one typed text and/or uploaded image, by ``Run.predict_items``."""
-        from ..data import load_image
+    def classify(self, name: str, text: str | None = None, image: bytes | None = None,
+                 audio: bytes | None = None) -> dict[str, Any]:
+        """Class probabilities of one typed text and/or uploaded image and/or audio, by ``Run.predict_items``."""
+        from ..data import load_audio, load_image
 
         if run_folder.run_task(self.run_path(name)) not in ("classify",):
             raise StudioError(f"run {name} is not a classify run; the playground classifies with classify runs")
@@ -340,9 +346,11 @@ class Studio:
         if text and text.strip():
             item["text"] = text
         if image:
-            item["image"] = load_image(io.BytesIO(image))
+            item["image"] = load_image(_named(image, "image"))
+        if audio:
+            item["audio"] = load_audio(_named(audio, "audio"), sample_rate=run.sample_rates().get("audio"))
         if not item:
-            raise StudioError("type a text or upload an image to classify")
+            raise StudioError("type a text, or upload an image or a recording, to classify")
         missing = [m for m in item if m not in run.config.model.encoders]
         if missing:
             raise StudioError(f"run {name} has no {' or '.join(missing)} encoder; give it "
@@ -352,14 +360,181 @@ class Studio:
         return {"run": name, "probabilities": [{"label": label, "p": p} for label, p in ranked]}
 
 
+    def zero_shot(self, classes: str, image: bytes | None, model: str | None = None) -> dict[str, Any]:
+        """Class probabilities of an uploaded image over typed class names, with no training (``zero_shot``)."""
+        from ..classify.zero_shot import DEFAULT_MODEL, zero_shot, zero_shot_config
+        from ..data import load_image
+
+        if not image:
+            raise StudioError("upload an image to classify by class names")
+        names = tuple(c.strip() for c in (classes or "").split(",") if c.strip())
+        key = f"zs:{model or DEFAULT_MODEL}:{names}"
+        if key not in self._loaded:
+            self._loaded[key] = (0.0, zero_shot(list(names), zero_shot_config(model=model or DEFAULT_MODEL)))
+        run = self._loaded[key][1]
+        probs = run.predict_items([{"image": load_image(_named(image, "image"))}])[0].tolist()
+        ranked = sorted(zip(run.labels, probs), key=lambda x: -x[1])
+        return {"probabilities": [{"label": label, "p": p} for label, p in ranked]}
+
+    def transcribe(self, audio: bytes | None, filename: str = "audio.wav", model: str = "whisper-base",
+                   engine: str = "faster-whisper") -> dict[str, Any]:
+        """The transcript of an uploaded recording with its timed segments, as ``polymodal transcribe`` makes it."""
+        import tempfile
+
+        from ..speech import TranscribeConfig, transcribe_files
+
+        if not audio:
+            raise StudioError("upload or record audio to transcribe")
+        suffix = Path(filename or "audio.wav").suffix.lower() or ".wav"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / f"upload{suffix}"
+            path.write_bytes(audio)
+            result = transcribe_files([path], TranscribeConfig(model=model, engine=engine))[0]
+        if not result.ok:
+            raise StudioError(result.error.replace(str(path), Path(filename).name))
+        return {"text": result.text, "segments": [{"start": s.start_s, "end": s.end_s, "text": s.text}
+                                                  for s in result.segments]}
+
+    def ask(self, kb: str, question: str, mode: str = "generative") -> dict[str, Any]:
+        """Answer a question from a knowledge-base folder with its cited passages (``kb.Asker``, as ``kb ask``)."""
+        from ..kb import Asker, AskOptions, KnowledgeBase
+
+        if mode not in ANSWER_MODES:
+            raise StudioError(f"answer mode {mode!r} is not one of {', '.join(ANSWER_MODES)}")
+        if not question or not question.strip():
+            raise StudioError("type a question")
+        path = Path(kb or "").expanduser().resolve()
+        key = f"kb:{path}:{mode}"
+        if key not in self._loaded:
+            self._loaded[key] = (0.0, Asker(KnowledgeBase(path), AskOptions(**ANSWER_MODES[mode])))
+        asked = self._loaded[key][1].ask(question.strip())
+        cited = {h.chunk.id for h in asked.answer.sources}
+        return {"answer": asked.answer.text, "found": asked.answer.found, "refused": asked.refused,
+                "passages": [{"n": i, "title": h.chunk.title or h.chunk.doc_id, "doc_id": h.chunk.doc_id,
+                              "text": h.chunk.text, "cited": h.chunk.id in cited, "score": h.score}
+                             for i, h in enumerate(asked.answer.passages, start=1)]}
+
+    # --- Data uploads ---
+
+    def upload(self, filename: str, data: bytes) -> dict[str, Any]:
+        """Keep an uploaded manifest (.csv, .jsonl, .parquet) or a .zip of one with its media (or of a
+        ``<label>/<file>`` folder) under the runs folder's ``.uploads``; returns the manifest path to load."""
+        import hashlib
+        import zipfile
+
+        name = Path(filename or "").name
+        suffix = Path(name).suffix.lower()
+        if suffix not in (*MANIFEST_SUFFIXES, ".zip"):
+            raise StudioError(f"{name or 'the upload'}: upload a .csv, .jsonl or .parquet manifest, or a .zip of one "
+                              "with its media")
+        if len(data) > UPLOAD_LIMIT_BYTES:
+            raise StudioError(f"{name}: {len(data):,} bytes is over the upload limit of {UPLOAD_LIMIT_BYTES:,}")
+        folder = self.runs_dir / UPLOADS / f"{Path(name).stem}-{hashlib.sha256(data).hexdigest()[:10]}"
+        folder.mkdir(parents=True, exist_ok=True)
+        if suffix != ".zip":
+            (folder / name).write_bytes(data)
+            return {"manifest": str(folder / name)}
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                members = [m for m in z.infolist() if not m.is_dir()]
+                if sum(m.file_size for m in members) > UPLOAD_LIMIT_BYTES:
+                    raise StudioError(f"{name}: unpacks to more than {UPLOAD_LIMIT_BYTES:,} bytes")
+                for m in members:
+                    target = (folder / m.filename).resolve()
+                    if m.filename.startswith("/") or not target.is_relative_to(folder.resolve()):
+                        raise StudioError(f"{name}: member {m.filename!r} would unpack outside its folder")
+                    if m.external_attr >> 28 == 0o12:  # a symbolic link
+                        raise StudioError(f"{name}: member {m.filename!r} is a link; zip plain files only")
+                z.extractall(folder)
+        except zipfile.BadZipFile as e:
+            raise StudioError(f"{name}: not a readable zip file ({e})") from e
+        return {"manifest": str(_manifest_in(folder, name))}
+
+    # --- Ship ---
+
+    def compress(self, name: str, int8: bool = True, prune: float = 0.0) -> dict[str, Any]:
+        """Compress a run into a new run beside it (``compress_run``, as ``polymodal compress``)."""
+        from ..compress import compress_run
+
+        result = compress_run(self.run_path(name), int8=int8, prune=prune, force=True, min_seconds=0.2, progress=False)
+        return {"run": result.out.name, "markdown": result.markdown}
+
+    def export(self, name: str, int8: bool = False) -> dict[str, Any]:
+        """ONNX export of a classify run with its parity check (``export_onnx``, as ``polymodal export``)."""
+        from ..compress.export import export_onnx
+
+        r = export_onnx(self.run_path(name), None, int8=int8, force=True)
+        return {"out": str(r.out), "rows": r.rows, "max_abs_diff": r.max_abs_diff}
+
+    def serve_start(self, name: str, port: int = 0) -> dict[str, Any]:
+        """Serve a run (``polymodal serve``'s server, in a process of its own) on 127.0.0.1."""
+        import multiprocessing
+        import socket
+
+        from ..serve import ServeConfig
+        from ..serve.server import serve
+
+        path = self.run_path(name)
+        if not run_folder.is_run(path):
+            raise StudioError(f"{name}: no such run under {self.runs_dir}")
+        with self._lock:
+            if name in self.servers and self.servers[name][0].is_alive():
+                return self.serving(name)
+            if not port:
+                with socket.socket() as sock:  # a free port, as uvicorn's port 0 would pick but known to us
+                    sock.bind(("127.0.0.1", 0))
+                    port = sock.getsockname()[1]
+            proc = multiprocessing.get_context("spawn").Process(
+                target=serve, args=(str(path), ServeConfig(host="127.0.0.1", port=port)), kwargs={"log_level": "warning"},
+                daemon=True)
+            proc.start()
+            self.servers[name] = (proc, port)
+        return self.serving(name)
+
+    def serve_stop(self, name: str) -> dict[str, Any]:
+        """Stop serving a run: SIGTERM, so the server drains its queue first."""
+        proc, _ = self.servers.get(name, (None, 0))
+        if proc is None:
+            raise StudioError(f"{name} is not being served from the studio")
+        proc.terminate()
+        proc.join(30)
+        return self.serving(name)
+
+    def serving(self, name: str) -> dict[str, Any]:
+        """Whether the run is served, where, and its live metrics from the server's own /metrics."""
+        import urllib.request
+
+        proc, port = self.servers.get(name, (None, 0))
+        if proc is None or not proc.is_alive():
+            return {"name": name, "status": "stopped" if proc is not None else "not served", "url": None, "metrics": {}}
+        url = f"http://127.0.0.1:{port}"
+        try:
+            with urllib.request.urlopen(f"{url}/readyz", timeout=2):  # 503 (an OSError here) while the run loads
+                pass
+            with urllib.request.urlopen(f"{url}/metrics", timeout=2) as r:
+                text = r.read().decode("utf-8")
+        except OSError:
+            return {"name": name, "status": "starting", "url": url, "metrics": {}}
+        return {"name": name, "status": "serving", "url": url, "metrics": metrics_summary(text)}
+
+    def close(self) -> None:
+        for proc, _ in self.servers.values():
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(10)
+
     # --- Chat ---
 
-    def chat(self, model: str, history: list[dict[str, str]], message: str, max_new_tokens: int = 128) -> dict[str, Any]:
-        """One chat turn, as ``polymodal chat`` answers it: ``model`` is a run under the runs folder (an instruct run),
-        or what ``load_instruct`` takes (smollm2, a folder, a hub id); ``history`` the earlier turns
-        (``{"role": "user" | "assistant", "content": ...}``). Returns the answer and the history with both turns."""
-        from ..instruct.data import Turn
-        from ..instruct.generate import GenerationOptions, generate
+    def _chat_prompt(self, model: str, history: list[dict[str, str]], message: str,
+                     attachment: tuple[str, bytes] | None = None):
+        """The loaded LM and the turns to answer: ``model`` is a run under the runs folder (an instruct run), or what
+        ``load_instruct`` takes (smollm2, a folder, a hub id); ``history`` the earlier text turns; ``attachment`` an
+        uploaded (file name, bytes) image or recording for an instruct run trained with that modality."""
+        import hashlib
+
+        from ..data.audio import AUDIO_EXTENSIONS
+        from ..data.image import IMAGE_EXTENSIONS
+        from ..instruct.data import PLACEHOLDERS, Turn
         from ..instruct.model import load_instruct
 
         if not message or not message.strip():
@@ -370,15 +545,114 @@ class Studio:
         key = f"lm:{ref}"
         if key not in self._loaded:
             self._loaded[key] = (0.0, load_instruct(ref))
+        lm = self._loaded[key][1]
         turns = []
         for t in history:
             if t.get("role") not in ("user", "assistant"):
                 raise StudioError(f"chat history: role {t.get('role')!r} is not user or assistant")
             turns.append(Turn(t["role"], str(t.get("content", ""))))
-        turns.append(Turn("user", message))
-        answer = generate(self._loaded[key][1], [turns], GenerationOptions(max_new_tokens=max_new_tokens))[0]
+        if attachment is None:
+            turns.append(Turn("user", message))
+            return lm, turns
+        filename, data = attachment
+        suffix = Path(filename).suffix.lower()
+        modality = "image" if suffix in IMAGE_EXTENSIONS else "audio" if suffix in AUDIO_EXTENSIONS else None
+        if modality is None:
+            raise StudioError(f"{filename}: attach an image ({', '.join(IMAGE_EXTENSIONS)}) or audio "
+                              f"({', '.join(AUDIO_EXTENSIONS)})")
+        if modality not in lm.encoder_configs:
+            raise StudioError(f"{model} reads no {modality} (it was trained with "
+                              f"{', '.join(lm.encoder_configs) or 'text only'}); train an instruct run with {modality}")
+        folder = self.runs_dir / UPLOADS / "chat"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{hashlib.sha256(data).hexdigest()[:16]}{suffix}"
+        path.write_bytes(data)
+        files = {"images": (path,)} if modality == "image" else {"audios": (path,)}
+        turns.append(Turn("user", f"{PLACEHOLDERS[modality]}\n{message}", **files))
+        return lm, turns
+
+    def chat(self, model: str, history: list[dict[str, str]], message: str, max_new_tokens: int = 128,
+             attachment: tuple[str, bytes] | None = None) -> dict[str, Any]:
+        """One chat turn, as ``polymodal chat`` answers it. Returns the answer and the history with both turns."""
+        from ..instruct.generate import GenerationOptions, generate
+
+        lm, turns = self._chat_prompt(model, history, message, attachment)
+        answer = generate(lm, [turns], GenerationOptions(max_new_tokens=max_new_tokens))[0]
         return {"answer": answer, "history": [*history, {"role": "user", "content": message},
                                               {"role": "assistant", "content": answer}]}
+
+    def chat_stream(self, model: str, history: list[dict[str, str]], message: str, max_new_tokens: int = 128,
+                    attachment: tuple[str, bytes] | None = None):
+        """``chat``, streamed: the checks run first (their errors raise here); then an iterator of the answer's
+        pieces as they are decoded. A failure while generating ends the stream with a line ``[error: ...]``."""
+        import queue
+
+        from ..instruct.generate import GenerationOptions, generate
+
+        lm, turns = self._chat_prompt(model, history, message, attachment)
+        pieces: queue.Queue = queue.Queue()
+        done = object()
+
+        def work() -> None:
+            try:
+                generate(lm, [turns], GenerationOptions(max_new_tokens=max_new_tokens), on_text=pieces.put)
+            except Exception as e:  # noqa: BLE001 -- shown as the stream's last line
+                pieces.put(f"\n[error: {error_line(e)}]")
+            finally:
+                pieces.put(done)
+
+        threading.Thread(target=work, daemon=True, name="studio-chat").start()
+
+        def stream():
+            while (piece := pieces.get()) is not done:
+                yield piece
+        return stream()
+
+
+def _named(data: bytes, name: str) -> io.BytesIO:
+    stream = io.BytesIO(data)
+    stream.name = name  # how the decoders' messages name it
+    return stream
+
+
+def _manifest_in(folder: Path, upload: str) -> Path:
+    """The manifest an unpacked zip holds: its one manifest file (at the top or one folder down), else the folder of
+    ``<label>/<file>`` media (the zip's one top folder when it wraps everything in one)."""
+    found = sorted(p for p in [*folder.glob("*"), *folder.glob("*/*")] if p.suffix.lower() in MANIFEST_SUFFIXES
+                   and p.is_file())
+    if len(found) > 1:
+        raise StudioError(f"{upload}: holds several manifests ({', '.join(p.name for p in found[:4])}); zip one")
+    if found:
+        return found[0]
+    tops = [p for p in folder.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    if len(tops) == 1 and tops[0].is_dir() and all(p.is_dir() for p in tops[0].iterdir() if not p.name.startswith(".")):
+        return tops[0]
+    return folder
+
+
+def metrics_summary(text: str) -> dict[str, float]:
+    """The headline numbers of a Prometheus exposition of ``polymodal serve``: requests by status class, queue
+    depth, in flight, mean latency."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {"requests_2xx": 0.0, "requests_4xx": 0.0, "requests_5xx": 0.0, "queue_depth": 0.0, "in_flight": 0.0}
+    latency_sum = latency_count = 0.0
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "polymodal_requests_total":
+                status = str(sample.labels.get("status", ""))[:1]
+                if status in "245" and status:
+                    out[f"requests_{status}xx"] += sample.value
+            elif sample.name == "polymodal_queue_depth":
+                out["queue_depth"] = sample.value
+            elif sample.name == "polymodal_requests_in_flight":
+                out["in_flight"] = sample.value
+            elif sample.name == "polymodal_request_latency_seconds_sum":
+                latency_sum += sample.value
+            elif sample.name == "polymodal_request_latency_seconds_count":
+                latency_count += sample.value
+    out["mean_latency_ms"] = 1000 * latency_sum / latency_count if latency_count else 0.0
+    return out
 
 
 def read_log(path: Path) -> list[dict[str, Any]]:
