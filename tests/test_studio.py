@@ -373,6 +373,8 @@ def test_metrics_summary_reads_the_servers_exposition():
     m = Metrics()
     m.requests.labels("/v1/predict", "200").inc(3)
     m.requests.labels("/v1/predict", "429").inc()
+    m.requests.labels("/readyz", "503").inc()  # a probe while the run loads: not a failed request
+    m.latency_seconds.labels("/metrics").observe(5.0)
     m.latency_seconds.labels("/v1/predict").observe(0.02)
     m.latency_seconds.labels("/v1/predict").observe(0.04)
     m.queue_depth.set(2)

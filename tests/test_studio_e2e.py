@@ -1,6 +1,11 @@
-"""The studio end to end in headless Chromium (Debian's system browser driven by Playwright for Python): load a
-manifest and see its check table, train a linear-probe run on tiny models to completion, open its report, compare
-it with a second run, classify a text and an image in the playground, chat one turn. Any console error of the page fails the test. A screenshot of each tab goes
+"""The studio end to end in headless Chromium (Debian's system browser driven by Playwright for Python): load the
+shared spoken-digits manifest and see its check, upload a manifest, load a manifest with a bad row and see its check
+table, train a linear-probe run on tiny models to completion, open its report, compare it with a second run,
+classify a text and an image in the playground, zero-shot an image, transcribe a shared recording with the bundled
+Whisper, ask a knowledge base built from the shared XQuAD paragraphs and see a cited passage, chat one turn
+(streamed), compress and serve the run from the Ship tab and see its live metrics. Any console error of the page
+fails the test. The parts on shared data are skipped (not the test) where ../shared/data is absent.
+A screenshot of each tab goes
 to the folder in POLYMODAL_STUDIO_SHOTS (``POLYMODAL_STUDIO_SHOTS=docs/studio`` refreshes the README's), else to
 the test's temporary folder, so a test run leaves the checkout unchanged.
 
@@ -18,6 +23,7 @@ import time
 from pathlib import Path
 
 import pytest
+from _media import shared_data_dir
 from _train_data import write_dataset
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -37,6 +43,19 @@ def browser():
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)
         yield b
         b.close()
+
+
+@pytest.fixture(scope="module")
+def xquad_kb(tmp_path_factory):
+    """A knowledge base of the shared XQuAD paragraphs with the bundled MiniLM (None without the shared data)."""
+    source = shared_data_dir() / "qa" / "xquad.en.json"
+    if not source.is_file():
+        return None
+    from polymodal.kb import KBConfig, build_kb
+
+    out = tmp_path_factory.mktemp("xquad") / "kb"
+    build_kb([source], out, KBConfig(), progress=False)
+    return out
 
 
 @pytest.fixture
@@ -62,7 +81,7 @@ def studio_url(tmp_path):
     thread.join(10)
 
 
-def test_studio_in_a_real_browser(browser, studio_url, tiny_model_dir, tmp_path):
+def test_studio_in_a_real_browser(browser, studio_url, tiny_model_dir, xquad_kb, tmp_path):
     data = tmp_path / "data"
     manifest = write_dataset(data)
     with open(manifest, "a") as f:
@@ -76,6 +95,21 @@ def test_studio_in_a_real_browser(browser, studio_url, tiny_model_dir, tmp_path)
     page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
     page.on("requestfailed", lambda r: errors.append(f"request failed: {r.url}"))
     page.goto(studio_url)
+    shared = shared_data_dir()
+
+    # Data: a shared manifest (3,000 spoken digits) passes the check; an uploaded manifest loads
+    fsdd = shared / "audio" / "fsdd" / "manifest.csv"
+    if fsdd.is_file():
+        page.fill("#data-path", str(fsdd))
+        page.click("#data-load")
+        page.wait_for_selector("#problems-none", timeout=120_000)
+        assert "3000 rows" in page.inner_text("#data-summary")
+        assert page.locator("#rows-table audio").count() == 200  # players, fetched only when played
+    upload = tmp_path / "notes.csv"
+    upload.write_text("text,label\ngreat,pos\nawful,neg\n")
+    page.set_input_files("#data-upload", str(upload))
+    page.wait_for_function("document.querySelector('#data-summary').textContent.startsWith('2 rows')")
+    assert "uploaded to" in page.inner_text("#data-upload-result")
 
     # Data: the rows and the check's problems with their fixes
     page.fill("#data-path", str(manifest))
@@ -152,14 +186,63 @@ def test_studio_in_a_real_browser(browser, studio_url, tiny_model_dir, tmp_path)
     assert page.locator("#play-result tbody tr").count() == 3
     page.fill("#play-text", "red apple")
 
-    # Chat: one turn with a (tiny, random-weight) chat model; the bundled smollm2 is the field's default
+    # Zero-shot: class names typed, an image uploaded (a tiny CLIP; the bundled default is EfficientNet + ConSE)
+    page.fill("#zs-classes", "red, green, blue")
+    page.fill("#zs-model", str(tiny_model_dir("clip")))
+    page.set_input_files("#zs-image", str(data / "img" / "0.png"))
+    page.click("#zs-go")
+    page.wait_for_function("document.querySelector('#zs-result tbody tr') || document.querySelector('#zs-error').textContent")
+    assert page.inner_text("#zs-error") == ""
+    assert sorted(page.locator("#zs-result tbody td:first-child").all_inner_texts()) == ["blue", "green", "red"]
+
+    # Transcribe: a shared recording with the bundled Whisper base, with timed segments
+    clip = shared / "audio" / "fsdd" / "3_jackson_0.wav"
+    if clip.is_file():
+        page.set_input_files("#asr-audio", str(clip))
+        page.click("#asr-go")
+        page.wait_for_function("document.querySelector('#asr-text').textContent || "
+                               "document.querySelector('#asr-error').textContent", timeout=120_000)
+        assert page.inner_text("#asr-error") == ""
+        assert "three" in page.inner_text("#asr-text").lower() or "3" in page.inner_text("#asr-text")
+        assert page.locator("#asr-segments tbody tr").count() >= 1
+
+    # Knowledge base: a question on the XQuAD paragraphs, answered with a cited passage
+    if xquad_kb is not None:
+        page.fill("#kb-path", str(xquad_kb))
+        page.select_option("#kb-mode", "sentence")
+        page.fill("#kb-question", "How many points did the Panthers defense surrender?")
+        page.click("#kb-go")
+        page.wait_for_function("document.querySelector('#kb-answer').textContent || "
+                               "document.querySelector('#kb-error').textContent", timeout=120_000)
+        assert page.inner_text("#kb-error") == ""
+        assert page.locator("#kb-passages li.cited").count() >= 1
+        assert "308" in page.inner_text("#kb-answer")
+
+    # Chat: one streamed turn with a (tiny, random-weight) chat model; the bundled smollm2 is the field's default
     page.fill("#chat-model", str(tiny_model_dir("chat_llama")))
     page.fill("#chat-message", "hello")
     page.click("#chat-send")
-    page.wait_for_function("document.querySelector('.chat-assistant') || document.querySelector('#chat-error').textContent",
+    page.wait_for_function("(document.querySelectorAll('#chat-log p').length === 2 && "
+                           "!document.querySelector('.chat-partial')) || document.querySelector('#chat-error').textContent",
                            timeout=120_000)
     assert page.inner_text("#chat-error") == ""
     assert page.locator("#chat-log p").count() == 2
-    page.screenshot(path=str(shots / "playground.png"))
+    page.screenshot(path=str(shots / "playground.png"), full_page=True)
+
+    # Ship: compress the run (INT8), then serve it and see its live metrics
+    page.click("nav button[data-tab=ship]")
+    page.wait_for_function("document.querySelector('#ship-run').options.length > 0")
+    page.select_option("#ship-run", "probe")
+    page.click("#ship-compress")
+    page.wait_for_function("document.querySelector('#ship-compress-result').textContent.startsWith('new run') || "
+                           "document.querySelector('#ship-error').textContent", timeout=240_000)
+    assert page.inner_text("#ship-error") == ""
+    page.click("#ship-serve")
+    page.wait_for_function("document.querySelector('#ship-status') && "
+                           "document.querySelector('#ship-status').textContent === 'serving'", timeout=240_000)
+    assert page.locator("#ship-metrics-table").count() == 1
+    page.screenshot(path=str(shots / "ship.png"), full_page=True)
+    page.click("#ship-stop")
+    page.wait_for_function("document.querySelector('#ship-status').textContent === 'stopped'", timeout=60_000)
 
     assert errors == []

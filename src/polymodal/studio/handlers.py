@@ -27,6 +27,7 @@ ROWS_SHOWN = 200  # the Data tab shows this many rows; the check covers all of t
 UPLOAD_LIMIT_BYTES = 1 << 30  # one uploaded file (or a zip's unpacked total)
 UPLOADS = ".uploads"  # under the runs folder: uploaded manifests, zips unpacked, chat attachments
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
+PROBE_ROUTES = ("/livez", "/readyz", "/metrics")
 ANSWER_MODES = {"generative": {}, "extractive": {"extractive": True}, "sentence": {"extractive": True, "sentence": True}}
 SKIPPED_SECTIONS = ("compression", "asr", "instruct")  # set by other commands or other tasks' forms (not yet in the studio)
 CHOICES = {  # fields whose values are one of a fixed set, from the config's own constants
@@ -632,14 +633,15 @@ def _manifest_in(folder: Path, upload: str) -> Path:
 
 def metrics_summary(text: str) -> dict[str, float]:
     """The headline numbers of a Prometheus exposition of ``polymodal serve``: requests by status class, queue
-    depth, in flight, mean latency."""
+    depth, in flight, mean latency. Probes and scrapes (``/livez``, ``/readyz`` -- a 503 while loading -- and
+    ``/metrics``) are not requests."""
     from prometheus_client.parser import text_string_to_metric_families
 
     out = {"requests_2xx": 0.0, "requests_4xx": 0.0, "requests_5xx": 0.0, "queue_depth": 0.0, "in_flight": 0.0}
     latency_sum = latency_count = 0.0
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
-            if sample.name == "polymodal_requests_total":
+            if sample.name == "polymodal_requests_total" and sample.labels.get("route") not in PROBE_ROUTES:
                 status = str(sample.labels.get("status", ""))[:1]
                 if status in "245" and status:
                     out[f"requests_{status}xx"] += sample.value
@@ -647,9 +649,9 @@ def metrics_summary(text: str) -> dict[str, float]:
                 out["queue_depth"] = sample.value
             elif sample.name == "polymodal_requests_in_flight":
                 out["in_flight"] = sample.value
-            elif sample.name == "polymodal_request_latency_seconds_sum":
+            elif sample.name == "polymodal_request_latency_seconds_sum" and sample.labels.get("route") not in PROBE_ROUTES:
                 latency_sum += sample.value
-            elif sample.name == "polymodal_request_latency_seconds_count":
+            elif sample.name == "polymodal_request_latency_seconds_count" and sample.labels.get("route") not in PROBE_ROUTES:
                 latency_count += sample.value
     out["mean_latency_ms"] = 1000 * latency_sum / latency_count if latency_count else 0.0
     return out
