@@ -75,7 +75,7 @@ def test_form_fields_come_from_the_config_dataclasses_with_defaults_and_comments
     assert fields["optim.epochs"]["kind"] == "int" and fields["data.skip_bad"]["kind"] == "bool"
     assert fields["tuning.mode"]["choices"][0] == "linear_probe" and "lora" in fields["tuning.mode"]["choices"]
     assert fields["model.fusion.kind"]["choices"] == ["early", "gated", "cross_attention", "late"]
-    assert "data.manifest" not in fields and "out_dir" not in fields and "compression" not in fields
+    assert "data.manifest" not in fields and "out_dir" not in fields and not any(f.startswith("compression") for f in fields)
     # every optim field is on the form
     assert {f"optim.{name}" for name in OptimConfig.__dataclass_fields__} <= set(fields)
     assert all(f["help"] for f in fields.values()), [n for n, f in fields.items() if not f["help"]]
@@ -99,6 +99,19 @@ def test_a_bad_field_is_refused_at_once_with_the_field_named(dataset, tiny_model
     assert studio.jobs == {} and not (tmp_path / "runs" / "r").exists()
     with pytest.raises(h.StudioError, match="run name"):
         studio.start("../escape", str(dataset), _encoders(tiny_model_dir), {})
+
+
+def test_the_asr_and_instruct_forms_come_from_their_sections_and_build_their_configs(dataset, tmp_path):
+    fields = {f["name"]: f for f in h.config_fields()}
+    assert fields["asr.model"]["section"] == "asr" and fields["asr.model"]["default"] == "whisper-base-hf"
+    assert fields["asr.max_new_tokens"]["kind"] == "int" and "decoding limit" in fields["asr.max_new_tokens"]["help"]
+    assert fields["instruct.stage"]["choices"] == ["projector", "projector+lora", "lora", "full"]
+    assert fields["instruct.lora.r"]["section"] == "instruct.lora"
+    cfg = h.build_config(str(dataset), {"text": "minilm"}, tmp_path / "asr",
+                         {"task": "asr", "tuning.mode": "lora", "asr.max_new_tokens": "8", "instruct.stage": "lora"})
+    assert cfg.task == "asr" and cfg.model.encoders == {} and cfg.asr.max_new_tokens == 8 and cfg.instruct is None
+    cfg = h.build_config(str(dataset), {}, tmp_path / "ins", {"task": "instruct", "instruct.stage": "lora"})
+    assert cfg.task == "instruct" and cfg.instruct.stage == "lora" and cfg.asr is None
 
 
 def test_default_encoders_follow_the_manifest_modalities(dataset):

@@ -29,13 +29,15 @@ UPLOADS = ".uploads"  # under the runs folder: uploaded manifests, zips unpacked
 MANIFEST_SUFFIXES = (".csv", ".jsonl", ".parquet")
 PROBE_ROUTES = ("/livez", "/readyz", "/metrics")
 ANSWER_MODES = {"generative": {}, "extractive": {"extractive": True}, "sentence": {"extractive": True, "sentence": True}}
-SKIPPED_SECTIONS = ("compression", "asr", "instruct")  # set by other commands or other tasks' forms (not yet in the studio)
+SKIPPED_SECTIONS = ("compression",)  # set by `polymodal compress` (the Ship tab), not by training
+TASK_SECTIONS = ("asr", "instruct")  # read only by their task: the page shows each when its task is chosen
 CHOICES = {  # fields whose values are one of a fixed set, from the config's own constants
     "task": "TASKS", "tuning.mode": "TUNING_MODES", "model.fusion.kind": "FUSION_KINDS", "optim.metric": "METRICS",
+    "instruct.stage": "INSTRUCT_STAGES",
 }
 LITERAL_CHOICES = {"optim.amp": ("auto", "off", "bf16", "fp16"), "optim.device": ("auto", "cpu", "cuda"),
                    "model.fusion.combine": ("learned", "mean"), "model.align.projection": ("linear", "mlp"),
-                   "logging.wandb_mode": ("offline", "online")}
+                   "logging.wandb_mode": ("offline", "online"), "instruct.projector": ("linear", "mlp")}
 
 
 class StudioError(PolymodalError):
@@ -139,6 +141,8 @@ def config_fields() -> list[dict[str, Any]]:
                         "help": comments.get(f.name, "")})
 
     walk(placeholder, "")
+    for name in TASK_SECTIONS:
+        walk(C.TASK_SECTIONS[name](), name + ".")
     return sorted(out, key=lambda f: f["section"] != "run")  # the task first, then the sections in their order
 
 
@@ -155,8 +159,10 @@ def build_config(manifest: str, encoders: dict[str, str], out_dir: str | Path, f
     as a ``key=value`` override read exactly as ``polymodal train CONFIG key=value`` reads it."""
     from ..train.config import apply_overrides, config_from_dict
 
-    base = {"data": {"manifest": str(Path(manifest).expanduser())},
-            "model": {"encoders": {m: e.strip() for m, e in encoders.items() if e and e.strip()}},
+    chosen = {m: e.strip() for m, e in encoders.items() if e and e.strip()}
+    if fields.get("task") == "asr":
+        chosen = {}  # Whisper is the whole model (asr.model), as `polymodal init --task asr` writes it
+    base = {"data": {"manifest": str(Path(manifest).expanduser())}, "model": {"encoders": chosen},
             "out_dir": str(out_dir)}
     return config_from_dict(apply_overrides(base, [f"{k}={v}" for k, v in fields.items()]))
 
