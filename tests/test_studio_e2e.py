@@ -105,6 +105,20 @@ def test_studio_in_a_real_browser(browser, studio_url, tiny_model_dir, xquad_kb,
         page.wait_for_selector("#problems-none", timeout=120_000)
         assert "3000 rows" in page.inner_text("#data-summary")
         assert page.locator("#rows-table audio").count() == 200  # players, fetched only when played
+        # a linear probe on it, to completion: the spoken word's text column only (a tiny encoder; audio left out)
+        page.click("nav button[data-tab=train]")
+        page.wait_for_selector("#f-optim-lr")
+        assert page.input_value("#train-manifest") == str(fsdd)
+        page.fill("#train-name", "digits")
+        page.fill("#enc-audio", "")
+        page.fill("#enc-text", str(tiny_model_dir("bert")))
+        page.fill("#f-optim-epochs", "1")
+        page.click("#train-start")
+        page.wait_for_function("document.querySelector('#live-name').textContent === 'digits' && "
+                               "document.querySelector('#live-status') && "
+                               "document.querySelector('#live-status').textContent === 'finished'", timeout=240_000)
+        assert page.inner_text("#live-error") == ""
+        page.click("nav button[data-tab=data]")
     upload = tmp_path / "notes.csv"
     upload.write_text("text,label\ngreat,pos\nawful,neg\n")
     page.set_input_files("#data-upload", str(upload))
@@ -136,7 +150,8 @@ def test_studio_in_a_real_browser(browser, studio_url, tiny_model_dir, xquad_kb,
         else:
             page.fill(f"#f-{field}", value)
     page.click("#train-start")
-    page.wait_for_function("document.querySelector('#live-status') && "
+    page.wait_for_function("document.querySelector('#live-name').textContent === 'probe' && "
+                           "document.querySelector('#live-status') && "
                            "document.querySelector('#live-status').textContent === 'finished'", timeout=240_000)
     assert page.inner_text("#train-error") == "" and page.inner_text("#live-error") == ""
     assert page.locator("#live-chart polyline").count() >= 2  # training loss and a validation curve
@@ -159,6 +174,7 @@ def test_studio_in_a_real_browser(browser, studio_url, tiny_model_dir, xquad_kb,
     page.fill("#f-optim-lr", "0.001")
     page.click("#train-start")
     page.wait_for_function("document.querySelector('#live-name').textContent === 'probe2' && "
+                           "document.querySelector('#live-status') && "
                            "document.querySelector('#live-status').textContent === 'finished'", timeout=240_000)
     page.click("nav button[data-tab=evaluate]")
     page.wait_for_function("document.querySelector('#eval-other').options.length > 1")
