@@ -13,6 +13,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import load_file
 
 from _train_data import write_dataset
@@ -156,6 +157,54 @@ def test_export_cli_writes_the_folder(exports):
     spec = json.loads((exports["lora"] / "export.json").read_text())
     assert spec["labels"] == ["b", "g", "r"] and spec["output"]["shape"] == ["batch", 3]
     assert spec["parity"]["int8_argmax_agreement"] >= 0.5
+
+
+@pytest.mark.slow
+def test_export_int8_reports_test_accuracy_beside_fp32(runs, exports):
+    code, printed = exports["cli"]
+    spec = json.loads((exports["lora"] / "export.json").read_text())
+    acc = spec["test_accuracy"]
+    run = load_run(runs["lora"])
+    split = read_split(run.config, run.labels, run.path)
+    torch_acc = float((run.predict(split.examples).argmax(-1) == split.targets).float().mean())
+    assert acc["rows"] == len(split.examples) and acc["fp32"] == pytest.approx(torch_acc)  # fp32 is PyTorch's
+    assert 0 <= acc["int8"] <= 1 and f"INT8 {100 * acc['int8']:.2f} %" in printed
+    assert json.loads((exports["linear_probe"] / "export.json").read_text())["test_accuracy"] is None  # no --int8
+
+
+@pytest.mark.slow
+def test_the_export_carries_its_preprocessing_so_raw_inputs_need_no_torch(runs, exports, tmp_path):
+    run = load_run(runs["lora"])
+    split = read_split(run.config, run.labels, run.path)
+    examples = split.examples[:5]
+    texts = [e.text or "" for e in examples]
+    images = [str(e.image) for e in examples]
+    spec = json.loads((exports["lora"] / "export.json").read_text())
+    assert spec["preprocess"]["text"]["tokenizer"] == "text.tokenizer.json" and spec["preprocess"]["image"]["size"]
+    clf = OnnxClassifier(exports["lora"])
+    # the runtime's own tokenizer and image steps give the inputs polymodal's encoders prepare
+    prepared = clf.prepare(texts=texts, images=images)
+    expected_inputs = graph_inputs(run, split, list(range(5)))
+    for name in ("text.input_ids", "text.attention_mask"):
+        assert np.array_equal(prepared[name], expected_inputs[name].numpy()), name
+    assert np.abs(prepared["image.pixel_values"] - expected_inputs["image.pixel_values"].numpy()).max() < 1e-5
+    expected = run.predict_items([{"text": t, "image": Image.open(i).convert("RGB")} for t, i in zip(texts, images)])
+    assert np.abs(clf.predict_raw(texts=texts, images=images) - expected.numpy()).max() < PARITY_TOLERANCE
+    # one modality only: the other is absent, as in the service
+    text_only = run.predict_items([{"text": t} for t in texts]).numpy()
+    assert np.abs(clf.predict_raw(texts=texts) - text_only).max() < PARITY_TOLERANCE
+    with pytest.raises(PolymodalError, match="cached features"):
+        OnnxClassifier(exports["linear_probe"]).predict_raw(texts=["x"])
+    code = f"""
+import sys
+from polymodal.compress.runtime import OnnxClassifier
+probs = OnnxClassifier({str(exports['lora'])!r}).predict_raw(texts={texts!r}, images={images!r})
+assert 'torch' not in sys.modules and 'transformers' not in sys.modules, 'torch was imported'
+print('ok', probs.shape)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("ok (5, 3)")
 
 
 @pytest.mark.slow

@@ -57,5 +57,7 @@ def run(args: argparse.Namespace) -> int:
     if result.int8_onnx is not None:
         print(f"INT8 (ONNX Runtime): max abs difference {result.int8_max_abs_diff:.2e}, same class on "
               f"{100 * result.int8_agreement:.1f} % of those rows")
+        print(f"test accuracy on all {result.test_rows} test rows: fp32 {100 * result.accuracy:.2f} %, INT8 "
+              f"{100 * result.int8_accuracy:.2f} % ({100 * (result.int8_accuracy - result.accuracy):+.2f} points)")
     print(f"wrote {result.out} (model.onnx, export.json, sample.npz)")
     return 0

@@ -19,8 +19,12 @@ deprecated and warns that it will be removed. A run with torch INT8 layers is no
 torch-only kernels): export the fp32 run and pass ``int8=True`` for ONNX Runtime's own dynamic quantisation.
 
 The export folder (default ``RUN/export``) holds ``model.onnx`` (and ``model.int8.onnx``), ``export.json``
-(inputs with dtypes and shapes, labels, parity) and ``sample.npz`` (a few real test rows' inputs and the PyTorch
-probabilities), read by ``runtime.OnnxClassifier`` without torch.
+(inputs with dtypes and shapes, labels, parity, test accuracy, preprocessing) and ``sample.npz`` (a few real test
+rows' inputs and the PyTorch probabilities), read by ``runtime.OnnxClassifier`` without torch. For a run whose
+encoders are in the graph (full / LoRA), the preprocessing travels too: the text encoder's tokenizer as
+``text.tokenizer.json`` (the ``tokenizers`` library reads it) and the image transform's size, crop, mean and std,
+so ``OnnxClassifier.predict_raw(texts=..., images=...)`` needs neither polymodal's model code nor torch. Audio
+preprocessing (mel features, feature extractors) is not carried: audio inputs are prepared with polymodal.
 """
 
 from __future__ import annotations
@@ -53,6 +57,8 @@ OUTPUT = "probabilities"
 PARITY_TOLERANCE = 1e-4  # max abs difference of probabilities, ONNX Runtime fp32 vs PyTorch, on real test rows
 EXAMPLE_ROWS = 4  # rows traced by the exporter (>= 2: torch.export specialises a size-1 axis)
 SAMPLE_ROWS = 2
+TOKENIZER_FILE = "text.tokenizer.json"
+ACCURACY_CHUNK = 64  # test rows per ONNX Runtime call when scoring the whole test split
 
 
 class ExportGraph(nn.Module):
@@ -166,6 +172,9 @@ class ExportResult:
     int8_onnx: Path | None
     int8_max_abs_diff: float | None
     int8_agreement: float | None  # share of parity rows where the INT8 graph predicts the same class
+    test_rows: int = 0  # with int8: the whole test split, scored by both graphs
+    accuracy: float | None = None  # fp32 graph, test split (with int8)
+    int8_accuracy: float | None = None  # INT8 graph, test split
 
 
 def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, int8: bool = False, force: bool = False,
@@ -216,11 +225,15 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, int8: boo
                                  f"(tolerance {PARITY_TOLERANCE:g}) on {len(rows)} test rows; nothing was written. "
                                  "Rerun with -v and report it with the run's config.yaml")
         int8_diff = agreement = None
+        accuracy: dict[str, float] = {}
         if int8:
             quantize_onnx(tmp / ONNX_FILE, tmp / INT8_FILE)
-            got8 = run_session(session(tmp / INT8_FILE), arrays)
+            sess8 = session(tmp / INT8_FILE)
+            got8 = run_session(sess8, arrays)
             int8_diff = float(np.abs(got8 - expected).max())
             agreement = float((got8.argmax(-1) == expected.argmax(-1)).mean())
+            accuracy = test_accuracy(run, split, {"fp32": sess, "int8": sess8})
+        preprocess = write_preprocessing(run, tmp) if cfg.tuning.mode != "linear_probe" else {}
         spec = {
             "format": "polymodal-onnx/1", "run": str(run_dir.resolve()), "mode": cfg.tuning.mode,
             "fusion": cfg.model.fusion.kind, "labels": run.labels, "model": ONNX_FILE,
@@ -233,12 +246,45 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, int8: boo
                            else "encoder.prepare() outputs"),
             "parity": {"rows": len(rows), "max_abs_diff": diff, "tolerance": PARITY_TOLERANCE,
                        "int8_max_abs_diff": int8_diff, "int8_argmax_agreement": agreement},
+            "test_accuracy": {"rows": len(split.examples), **accuracy} if accuracy else None,
+            "preprocess": preprocess,
             "torch": torch.__version__,
         }
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=1))
         sample = {k: v[:SAMPLE_ROWS] for k, v in arrays.items() if k in {i["name"] for i in spec["inputs"]}}
         np.savez(tmp / SAMPLE_FILE, **sample, **{OUTPUT: expected[:SAMPLE_ROWS]})
-    return ExportResult(out, out / ONNX_FILE, diff, len(rows), out / INT8_FILE if int8 else None, int8_diff, agreement)
+    return ExportResult(out, out / ONNX_FILE, diff, len(rows), out / INT8_FILE if int8 else None, int8_diff, agreement,
+                        len(split.examples) if accuracy else 0, accuracy.get("fp32"), accuracy.get("int8"))
+
+
+def test_accuracy(run: Run, split: Split, sessions: dict[str, Any]) -> dict[str, float]:
+    """Accuracy of each ONNX Runtime session on the whole test split, in chunks (what INT8 costs, measured)."""
+    correct = dict.fromkeys(sessions, 0)
+    targets = split.targets.numpy()
+    for start in range(0, len(split.examples), ACCURACY_CHUNK):
+        idx = list(range(start, min(start + ACCURACY_CHUNK, len(split.examples))))
+        arrays = {k: v.numpy() for k, v in graph_inputs(run, split, idx).items()}
+        for name, sess in sessions.items():
+            correct[name] += int((run_session(sess, arrays).argmax(-1) == targets[idx]).sum())
+    return {name: n / max(1, len(split.examples)) for name, n in correct.items()}
+
+
+def write_preprocessing(run: Run, folder: Path) -> dict[str, Any]:
+    """What turns raw inputs into the graph's inputs, written beside it: per modality its settings, or None where
+    the preprocessing is not carried (audio)."""
+    out: dict[str, Any] = {}
+    for m, enc in run.model.encoders.items():
+        tok, transform = getattr(enc, "tokenizer", None), getattr(enc, "transform", None)
+        if m == "text" and tok is not None and getattr(tok, "is_fast", False):
+            tok.backend_tokenizer.save(str(folder / TOKENIZER_FILE))
+            out[m] = {"tokenizer": TOKENIZER_FILE, "max_tokens": int(enc.max_tokens),
+                      "pad_id": int(tok.pad_token_id or 0), "pad_token": str(tok.pad_token or "")}
+        elif m == "image" and transform is not None:
+            out[m] = {"size": transform.size, "crop_pct": transform.crop_pct, "mean": list(transform.mean),
+                      "std": list(transform.std), "background": [255, 255, 255], "resample": "bicubic"}
+        else:
+            out[m] = None
+    return out
 
 
 def _export(graph: ExportGraph, example: dict[str, torch.Tensor], path: Path, opset: int | None) -> None:
