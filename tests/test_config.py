@@ -138,7 +138,7 @@ def test_training_curves_reach_mlflow_and_wandb(tmp_path, tiny_model_dir, monkey
     config.write_text(yaml.safe_dump({"data": {"manifest": str(_text_manifest(tmp_path))},
                                       "model": {"encoders": {"text": str(tiny_model_dir("bert"))}},
                                       "optim": {"epochs": 2, "batch_size": 8}, "out_dir": str(tmp_path / "run"),
-                                      "logging": {"mlflow": True, "wandb": True}}))
+                                      "logging": {"mlflow": True, "wandb": True, "every_n_steps": 1}}))
     assert main(["train", str(config)]) == 0
     run = tmp_path / "run"
     # MLflow's local file store: one run whose metric files hold every step's loss and each epoch's validation

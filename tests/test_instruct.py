@@ -27,7 +27,7 @@ from polymodal.instruct.projector import splice
 from polymodal.instruct.template import IGNORE_INDEX, encode_conversation, pack
 from polymodal.models import EncoderConfig
 from polymodal.tasks import train
-from polymodal.train.config import DataConfig, InstructConfig, ModelConfig, OptimConfig, TrainConfig
+from polymodal.train.config import DataConfig, InstructConfig, LoggingConfig, ModelConfig, OptimConfig, TrainConfig
 
 ANSWERS = ["cat", "dog", "airplane"]
 
@@ -69,6 +69,7 @@ def make_config(data: Path, lm_dir: Path, out: Path, vit: Path | None, **instruc
                        instruct=InstructConfig(lm=str(lm_dir), soft_tokens=2, max_new_tokens=4, val_items=4,
                                                system_prompt="be brief.", **instruct),
                        optim=OptimConfig(**{"epochs": 2, "batch_size": 4, "lr": 1e-2, "encoder_lr": 1e-2, **optim}),
+                       logging=LoggingConfig(every_n_steps=1),  # the resume test compares losses step by step
                        out_dir=str(out))
 
 

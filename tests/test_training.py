@@ -35,6 +35,7 @@ def make_config(dataset, tiny_model_dir, out, fusion="early", mode="linear_probe
                   "fusion": {"kind": fusion, "hidden": 16, "heads": 2}},
         "tuning": {"mode": mode, "lora_r": 2},
         "optim": {"epochs": 1, "batch_size": 6, "lr": 1e-2, "encoder_lr": 1e-3, **optim},
+        "logging": {"every_n_steps": 1},  # these tests compare losses step by step
         "out_dir": str(out),
     })
 
@@ -287,3 +288,18 @@ def test_a_collapsed_gate_is_a_warning_in_the_runs_metrics_and_report(dataset, t
     d["model"]["fusion"] = {"kind": "early", "gate_balance": 0.1}
     with pytest.raises(ConfigError, match="only the gated head has a gate"):
         config_from_dict(d)
+
+
+def test_a_log_row_every_n_steps_holds_their_mean_loss_and_each_epoch_ends_with_one(dataset, tiny_model_dir, tmp_path):
+    # 18 train rows / batch 2 = 9 steps per epoch, 2 epochs: rows every 4 steps and at each epoch's end
+    per_step = _losses(train(make_config(dataset, tiny_model_dir, tmp_path / "a", epochs=2, batch_size=2), progress=False))
+    d = make_config(dataset, tiny_model_dir, tmp_path / "b", epochs=2, batch_size=2).to_dict()
+    d["logging"]["every_n_steps"] = 4
+    sparse = _losses(train(config_from_dict(d), progress=False))
+    assert sorted(per_step) == list(range(1, 19))
+    assert sorted(sparse) == [4, 8, 9, 13, 17, 18]
+    groups = {4: range(1, 5), 8: range(5, 9), 9: range(9, 10), 13: range(10, 14), 17: range(14, 18), 18: range(18, 19)}
+    for step, members in groups.items():  # the same training, so each row is the mean of the per-step losses
+        assert sparse[step] == pytest.approx(sum(per_step[s] for s in members) / len(members), abs=1e-5)
+    with pytest.raises(ConfigError, match="every_n_steps"):
+        config_from_dict({**d, "logging": {"every_n_steps": 0}})

@@ -1,11 +1,18 @@
 """Weights and checkpoints in a run folder (its layout: ``polymodal.run_folder``). Every write is atomic: a crash
-leaves the previous checkpoint intact."""
+leaves the previous checkpoint intact.
+
+With a ``BackgroundWriter`` the loop pays only for copying the state (tensor clones); serialising and writing happen
+on the writer's thread, one write at a time and in order (as torch.distributed.checkpoint's async_save does). The
+loop waits for the last write before it reads the weights back, and on any exit.
+"""
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import random
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -36,9 +43,44 @@ def weights_to_save(model: torch.nn.Module, mode: str) -> dict[str, torch.Tensor
     return {k: v.detach().cpu().contiguous() for k, v in keep.items()}
 
 
-def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
-    # safetensors refuses tensors that share memory; clone makes each one its own.
-    atomic_write_bytes(path, save({k: v.clone() for k, v in tensors.items()}, metadata=metadata))
+class BackgroundWriter:
+    """Runs write jobs on a thread of its own, one at a time and in submission order; ``wait`` joins the last
+    one and re-raises its error, if it failed."""
+
+    def __init__(self) -> None:
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def submit(self, job: Callable[[], None]) -> None:
+        self.wait()  # at most one write in flight: memory for one copy of the state, and writes stay in order
+        self._thread = threading.Thread(target=self._run, args=(job,), name="polymodal-checkpoint", daemon=False)
+        self._thread.start()
+
+    def _run(self, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except BaseException as e:  # noqa: BLE001 -- raised again in the training thread by wait()
+            self._error = e
+
+    def wait(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+
+
+def save_weights(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None,
+                 writer: BackgroundWriter | None = None) -> None:
+    """``tensors`` as a safetensors file, atomically; with ``writer``, copied now and written on its thread."""
+    # safetensors refuses tensors that share memory; clone makes each one its own (and a snapshot for the writer).
+    snapshot = {k: v.clone() for k, v in tensors.items()}
+
+    def write() -> None:
+        atomic_write_bytes(path, save(snapshot, metadata=metadata))
+
+    writer.submit(write) if writer is not None else write()
 
 
 def read_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -86,18 +128,29 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def save_checkpoint(run_dir: Path, weights: dict[str, torch.Tensor], optimizer, scheduler, position: dict[str, Any]) -> None:
+def save_checkpoint(run_dir: Path, weights: dict[str, torch.Tensor], optimizer, scheduler, position: dict[str, Any],
+                    writer: BackgroundWriter | None = None) -> None:
     """The resumable state, written into a temporary folder and renamed over the previous checkpoint.
 
     Args:
         weights: what the run keeps of its model (``weights_to_save``, or a task's own choice).
+        writer: copy the state now, write it on the writer's thread (training goes on meanwhile).
     """
-    buf = io.BytesIO()
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state()}, buf)
-    with atomic_dir(run_dir / CHECKPOINT_DIR) as tmp:
-        (tmp / WEIGHTS).write_bytes(save({k: v.clone() for k, v in weights.items()}))
-        (tmp / "state.pt").write_bytes(buf.getvalue())
-        (tmp / "position.json").write_text(json.dumps(position, indent=1))
+    # A snapshot: training changes the weights and the optimiser's moments in place while the writer works.
+    tensors = {k: v.clone() for k, v in weights.items()}
+    state = {"optimizer": copy.deepcopy(optimizer.state_dict()), "scheduler": copy.deepcopy(scheduler.state_dict()),
+             "rng": rng_state()}
+    position = copy.deepcopy(position)
+
+    def write() -> None:
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        with atomic_dir(run_dir / CHECKPOINT_DIR) as tmp:
+            (tmp / WEIGHTS).write_bytes(save(tensors))
+            (tmp / "state.pt").write_bytes(buf.getvalue())
+            (tmp / "position.json").write_text(json.dumps(position, indent=1))
+
+    writer.submit(write) if writer is not None else write()
 
 
 def load_checkpoint(run_dir: Path, load_weights_from: Callable[[Path], None], optimizer, scheduler) -> dict[str, Any] | None:

@@ -205,10 +205,13 @@ class LoggingConfig:
     wandb: bool = False  # a Weights & Biases run (pip install 'polymodal[wandb]')
     wandb_mode: str = "offline"  # offline (files in RUN/wandb; `wandb sync` uploads them) | online
     experiment: str = "polymodal"  # MLflow experiment / W&B project name
+    every_n_steps: int = 10  # a training row (the mean loss of the last N steps) every N optimiser steps; 1: every step
 
     def __post_init__(self):
         if self.wandb_mode not in ("offline", "online"):
             raise ConfigError(f"logging.wandb_mode: {self.wandb_mode!r} is not offline or online")
+        if self.every_n_steps < 1:
+            raise ConfigError(f"logging.every_n_steps: must be at least 1, got {self.every_n_steps}")
 
 
 @dataclass(frozen=True)
