@@ -193,6 +193,17 @@ def test_openapi_schema_describes_both_body_types(server):
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
     assert set(body["application/json"]["schema"]["properties"]) == {"text", "image", "audio"}
+    # the real limits and media types of this server's config (LIMITS), not generic strings
+    form = body["multipart/form-data"]
+    assert form["encoding"]["image"]["contentType"] == "image/png, image/jpeg, image/webp, image/bmp, image/gif"
+    assert form["encoding"]["audio"]["contentType"] == "audio/wav, audio/flac, audio/ogg"
+    assert form["schema"]["properties"]["text"]["maxLength"] == LIMITS["max_text_chars"]
+    image = body["application/json"]["schema"]["properties"]["image"]
+    assert f"at most {LIMITS['max_image_pixels']:,} pixels" in image["description"]
+    assert f"at most {LIMITS['max_body_bytes']:,} bytes" in image["description"]
+    assert image["anyOf"][0]["contentEncoding"] == "base64"
+    audio = form["schema"]["properties"]["audio"]
+    assert f"at most {LIMITS['max_audio_seconds']:g} seconds" in audio["description"] and audio["format"] == "binary"
     responses = schema["paths"]["/v1/predict"]["post"]["responses"]
     assert {"200", "401", "413", "422", "429", "503", "504"} <= set(responses)
     assert "PredictResponse" in schema["components"]["schemas"]

@@ -334,7 +334,7 @@ def create_app(run: Run | str | Path, cfg: ServeConfig = ServeConfig()) -> FastA
                               "from a speech recogniser.")
     app.state.service = service
     app.add_middleware(Gate, service=service)
-    body = request_body_schema()
+    body = request_body_schema(cfg)
     secured = [{"bearer": []}] if cfg.api_key is not None else []
 
     @app.exception_handler(RequestRejected)

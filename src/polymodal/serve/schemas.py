@@ -65,17 +65,50 @@ class Health(BaseModel):
     detail: str | None = Field(None, description="why it is not ready")
 
 
-def request_body_schema() -> dict[str, Any]:
-    """The OpenAPI requestBody of the /v1 routes: JSON with base64 media, or multipart uploads."""
-    upload = {"type": "string", "format": "binary"}
+MEDIA_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp", "BMP": "image/bmp", "GIF": "image/gif",
+               "WAV": "audio/wav", "FLAC": "audio/flac", "OGG": "audio/ogg"}
+
+
+def request_body_schema(cfg: Any = None) -> dict[str, Any]:
+    """The OpenAPI requestBody of the /v1 routes: JSON with base64 media, or multipart uploads, with the service's
+    real limits (``ServeConfig``: body bytes, text characters, image pixels and shape, audio seconds) and the media
+    types it accepts (``image_formats``, ``audio_formats``)."""
+    from .config import ServeConfig
+
+    cfg = cfg or ServeConfig()
+    image_types = [MEDIA_TYPES[f] for f in cfg.image_formats if f in MEDIA_TYPES]
+    audio_types = [MEDIA_TYPES[f] for f in cfg.audio_formats if f in MEDIA_TYPES]
+    limits = {
+        "image": (f"an image file ({', '.join(cfg.image_formats)}): at most {cfg.max_image_pixels:,} pixels, the long "
+                  f"side at most {cfg.max_aspect_ratio:g} times the short one"),
+        "audio": f"an audio file ({', '.join(cfg.audio_formats)}): at most {cfg.max_audio_seconds:g} seconds",
+    }
+    body_note = f"; the whole request body at most {cfg.max_body_bytes:,} bytes (413 beyond)"
+    text = {"type": "string", "maxLength": cfg.max_text_chars,
+            "description": f"the text, at most {cfg.max_text_chars:,} characters; an empty string counts as not given"}
+    # base64 turns 3 bytes into 4 characters: the most a media field can hold within the body limit
+    b64 = 4 * (cfg.max_body_bytes // 3)
+    json_schema = PredictRequest.model_json_schema()
+    json_schema["properties"]["text"] = {**text, "anyOf": [{"type": "string"}, {"type": "null"}]}
+    json_schema["properties"]["text"].pop("type")
+    for m, types in (("image", image_types), ("audio", audio_types)):
+        json_schema["properties"][m] = {
+            "anyOf": [{"type": "string", "contentEncoding": "base64", "contentMediaType": types[0] if len(types) == 1
+                       else f"{m}/*", "maxLength": b64}, {"type": "null"}],
+            "description": f"{limits[m]}, base64-encoded (a data: URL is accepted too); accepted media types: "
+                           f"{', '.join(types)}{body_note}"}
+    upload = {m: {"type": "string", "format": "binary", "contentMediaType": f"{m}/*", "maxLength": cfg.max_body_bytes,
+                  "description": f"{limits[m]}{body_note}"} for m in ("image", "audio")}
     return {
         "required": True,
         "content": {
-            "application/json": {"schema": PredictRequest.model_json_schema()},
-            "multipart/form-data": {"schema": {
-                "type": "object", "additionalProperties": False,
-                "properties": {"text": {"type": "string"}, "image": upload, "audio": upload},
-            }},
+            "application/json": {"schema": json_schema},
+            "multipart/form-data": {
+                "schema": {"type": "object", "additionalProperties": False,
+                           "properties": {"text": text, **upload}},
+                "encoding": {"image": {"contentType": ", ".join(image_types)},
+                             "audio": {"contentType": ", ".join(audio_types)}},
+            },
         },
     }
 
