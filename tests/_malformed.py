@@ -80,6 +80,7 @@ def build_corpus(root: Path) -> tuple[Path, dict[int, set[str]]]:
     os.symlink(outside, data / "bad" / "link.png")
     add(image="bad/link.png", kinds={"path_escapes_root"})
     add(image="img", kinds={"unreadable_file"})  # a folder
+    add(image="img/0.png\x00.txt", kinds={"bad_path"})  # a NUL in a path cell
     # odd but valid images
     rgba = np.zeros((16, 16, 4), np.uint8)
     rgba[4:12, 4:12] = (255, 0, 0, 255)

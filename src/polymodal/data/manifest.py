@@ -187,7 +187,7 @@ def _example(row: int, rec: dict[str, object], root: Path) -> Example:
     ex.split = split.strip() if split is not None else None
     for m in ("image", "audio"):
         v = cell(m)
-        if v is not None:
+        if v is not None and "\x00" not in v:  # a NUL can name no file (cell_problems names the row)
             setattr(ex, m, (root / v.strip()) if not os.path.isabs(v.strip()) else Path(v.strip()))
     ex.meta = {k: "" if v is None else str(v) for k, v in rec.items() if k not in KNOWN_COLUMNS}
     return ex
@@ -201,6 +201,10 @@ def cell_problems(manifest_path: Path, row: int, rec: dict[str, object], split_c
         out.append(Problem(row, "bad_label", "label",
                            f"{manifest_path}: row {row}: the label is a JSON {type(label).__name__} ({json.dumps(label)[:60]}), "
                            "not one class name", "write one label per row as a string or number"))
+    for m in ("image", "audio"):
+        if isinstance(rec.get(m), str) and "\x00" in rec[m]:
+            out.append(Problem(row, "bad_path", m, f"{manifest_path}: row {row}: the {m} path holds a NUL character",
+                               "write the file's path (relative to the manifest's folder) without control characters"))
     split = rec.get("split")
     if split_column and (split is None or str(split).strip() == ""):
         out.append(Problem(row, "missing_split", "split", f"{manifest_path}: row {row}: the split cell is empty",
