@@ -777,3 +777,17 @@ def test_multilingual_e5_encoder_answers_chinese_questions(tmp_path):
         text, _ = SentenceSelector(kb).answer(q, r.hits)
         right += currency in text
     assert right >= 12
+
+
+def test_the_answer_type_prior_reads_the_wh_word_and_the_span():
+    from polymodal.kb.extract import answer_type, type_match
+
+    assert [answer_type(q) for q in ("How many points did the defense allow?", "When was the tower built?",
+                                     "In what year did the war end?", "Who is the oldest quarterback?",
+                                     "Whose law was it?", "What law recognised two kinds of schools?")] == \
+        ["number", "number", "number", "person", "person", None]
+    assert type_match("308", "number") == 1 and type_match("two months", "number") == 1
+    assert type_match("May 2010", "number") == 1 and type_match("may leave", "number") == -1  # a verb, not a month
+    assert type_match("the north garage", "number") == -1
+    assert type_match("Peyton Manning", "person") == 1 and type_match("39", "person") == -1
+    assert type_match("a quarterback", "person") == 0 and type_match("anything", None) == 0
