@@ -122,3 +122,18 @@ def vm_hwm_kib() -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     return 0
+
+
+def main_for(doc: str, name: str, must_hold: str, run, render) -> None:
+    """The ``main`` of a benchmark with the usual options: parse them, find the shared data, ``run(args)`` with the
+    machine's load recorded, ``render(result, args)`` into bench/results/NAME.md (--quick: bench/work/NAME-quick.md)."""
+    args = parser(doc.splitlines()[0]).parse_args()
+    args.data = shared_data(args.data_arg, must_hold)
+    load_start = os.getloadavg()
+    r = run(args)
+    r["load"] = (load_start, os.getloadavg())
+    r["loads"] = list(LOADS)
+    out = args.out or (WORK / f"{name}-quick.md" if args.quick else RESULTS / f"{name}.md")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(render(r, args))
+    log(f"wrote {out}")

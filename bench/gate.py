@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 from _datasets import DIGIT_IMAGE_SIZE_PX, FSDD_CLIP_SECONDS, write_av_digits
-from _harness import LOADS, RESULTS, THREADS, WORK, header, log, parser, shared_data
+from _harness import THREADS, WORK, header, log, main_for
 
 SETTINGS = {  # name -> (encoders, fusion fields)
     "image only": (("image",), {"kind": "early"}),
@@ -133,17 +133,7 @@ def render(r: dict, args) -> str:
 
 
 def main() -> None:
-    p = parser(__doc__.splitlines()[0])
-    args = p.parse_args()
-    args.data = shared_data(args.data_arg, "audio/fsdd/manifest.csv")
-    load_start = os.getloadavg()
-    r = run(args)
-    r["load"] = (load_start, os.getloadavg())
-    r["loads"] = list(LOADS)
-    out = args.out or (WORK / "gate-quick.md" if args.quick else RESULTS / "gate.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(r, args))
-    log(f"wrote {out}")
+    main_for(__doc__, "gate", "audio/fsdd/manifest.csv", run, render)
 
 
 if __name__ == "__main__":
