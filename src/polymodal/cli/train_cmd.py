@@ -139,12 +139,12 @@ def run_train(args: argparse.Namespace) -> int:
     from ..train import load_config
 
     overrides = list(args.overrides)
-    if args.config is not None and "=" in args.config and not Path(args.config).exists():
-        overrides.insert(0, args.config)  # `train --data M.csv optim.lr=5e-4`: the first override, not a file
+    if args.config is not None and "=" in str(args.config) and not Path(args.config).exists():
+        overrides.insert(0, str(args.config))  # `train --data M.csv optim.lr=5e-4`: the first override, not a file
         args.config = None
-    if args.skip_bad:
+    if getattr(args, "skip_bad", False):
         overrides.append("data.skip_bad=true")
-    if getattr(args, "data", None) is not None:
+    if getattr(args, "data", None) is not None:  # `polymodal align` has no --data
         if args.config is not None:
             raise ConfigError(f"give a config file ({args.config}) or --data {args.data}, not both")
         return _train_without_config(args, overrides)
