@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from _datasets import write_rt  # noqa: E402
-from _harness import LOADS, RESULTS, THREADS, WORK, header, log, parser, shared_data  # noqa: E402
+from _harness import THREADS, WORK, header, log, main_for  # noqa: E402
 
 LORA_LRS = (5e-5, 2e-4, 5e-4, 1e-3)  # 5e-5: the previous default of optim.encoder_lr
 PROBE_SETTINGS = ((10, 0), (30, 0), (30, 5))  # (epochs, early_stopping); (10, 0): the previous defaults
@@ -128,19 +128,7 @@ def render(r: dict, args) -> str:
 
 
 def main() -> None:
-    import os
-
-    p = parser(__doc__.splitlines()[0])
-    args = p.parse_args()
-    args.data = shared_data(args.data_arg, "audio/fsdd/manifest.csv")
-    load_start = os.getloadavg()
-    r = run(args)
-    r["load"] = (load_start, os.getloadavg())
-    r["loads"] = list(LOADS)
-    out = args.out or (WORK / "defaults-quick.md" if args.quick else RESULTS / "defaults.md")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render(r, args))
-    log(f"wrote {out}")
+    main_for(__doc__, "defaults", "audio/fsdd/manifest.csv", run, render)
 
 
 if __name__ == "__main__":

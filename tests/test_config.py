@@ -154,3 +154,17 @@ def test_training_curves_reach_mlflow_and_wandb(tmp_path, tiny_model_dir, monkey
     assert len(records) == 1
     data = records[0].read_bytes()
     assert all(key in data for key in (b"train_loss", b"val_macro_f1", b"optim"))
+
+
+def test_the_encoder_learning_rate_defaults_by_task_and_mode():
+    from polymodal.train.config import ENCODER_LR, LORA_ENCODER_LR
+
+    def cfg(**d):
+        encoders = {} if d.get("task") == "asr" else {"text": "minilm"}
+        return config_from_dict({"data": {"manifest": "m.csv"}, "model": {"encoders": encoders}, **d})
+
+    assert cfg(tuning={"mode": "lora"}).encoder_lr() == LORA_ENCODER_LR == 1e-3  # the sweep's choice
+    assert cfg(tuning={"mode": "full"}).encoder_lr() == ENCODER_LR == 5e-5
+    assert cfg(task="asr", tuning={"mode": "lora"}).encoder_lr() == ENCODER_LR  # tuned on its own
+    assert cfg(tuning={"mode": "lora"}, optim={"encoder_lr": 2e-4}).encoder_lr() == 2e-4  # a given value wins
+    assert cfg().to_dict()["optim"]["encoder_lr"] is None  # saved as "the mode's default", not a frozen number

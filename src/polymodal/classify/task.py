@@ -103,7 +103,7 @@ class HeadTask:
     def param_groups(self) -> list[dict]:
         head = [p for p in self.model.head.parameters() if p.requires_grad]
         enc = [p for p in self.model.encoders.parameters() if p.requires_grad]
-        return [{"params": head, "lr": self.cfg.optim.lr}] + ([{"params": enc, "lr": self.cfg.optim.encoder_lr}] if enc else [])
+        return [{"params": head, "lr": self.cfg.optim.lr}] + ([{"params": enc, "lr": self.cfg.encoder_lr()}] if enc else [])
 
     def on_epoch_start(self, epoch: int) -> None:
         t = self.cfg.tuning

@@ -127,7 +127,7 @@ class InstructTask:
         proj = [p for p in self.model.projectors.parameters() if p.requires_grad]
         lm = [p for p in self.model.lm.parameters() if p.requires_grad]
         groups = [{"params": proj, "lr": self.cfg.optim.lr}] if proj else []
-        groups += [{"params": lm, "lr": self.cfg.optim.encoder_lr}] if lm else []
+        groups += [{"params": lm, "lr": self.cfg.encoder_lr()}] if lm else []
         if not groups:
             raise PolymodalError(f"instruct.stage {self.icfg.stage}: nothing to train (no encoder, so no projector, "
                                  "and the LM is frozen); use stage lora or projector+lora for text-only data")

@@ -117,7 +117,7 @@ class AsrTask:
 
     # --- the Task interface ---------------------------------------------------------------------------------------
     def param_groups(self) -> list[dict]:
-        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": self.cfg.optim.encoder_lr}]
+        return [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr": self.cfg.encoder_lr()}]
 
     def on_epoch_start(self, epoch: int) -> None:
         pass

@@ -163,12 +163,16 @@ class TuningConfig:
             raise ConfigError("tuning.unfreeze_after_epochs: must be >= 0")
 
 
+ENCODER_LR = 5e-5  # full fine-tuning of pretrained encoders (and the asr / instruct tasks' adapters)
+LORA_ENCODER_LR = 1e-3  # LoRA adapters of classify / align runs: the sweep in bench/results/defaults.md
+
+
 @dataclass(frozen=True)
 class OptimConfig:
     epochs: int = 10  # passes over the training set
     batch_size: int = 32  # examples per optimiser step, before accumulation
     lr: float = 1e-3  # peak learning rate of the head (AdamW)
-    encoder_lr: float = 5e-5  # peak learning rate of encoder weights or adapters (full, lora)
+    encoder_lr: float | None = None  # peak learning rate of encoder weights or adapters; None: the mode's default (full 5e-5, classify LoRA 1e-3)
     weight_decay: float = 0.01  # AdamW decoupled weight decay
     warmup_ratio: float = 0.1  # share of steps with linear warm-up before the cosine decay
     grad_accum: int = 1  # micro-batches per optimiser step
@@ -185,7 +189,7 @@ class OptimConfig:
         for name in ("epochs", "batch_size", "grad_accum"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"optim.{name}: must be at least 1, got {getattr(self, name)}")
-        if self.lr <= 0 or self.encoder_lr <= 0:
+        if self.lr <= 0 or (self.encoder_lr is not None and self.encoder_lr <= 0):
             raise ConfigError("optim.lr and optim.encoder_lr must be positive")
         if self.amp not in ("auto", "off", "bf16", "fp16"):
             raise ConfigError(f"optim.amp: {self.amp!r} is not auto, off, bf16 or fp16")
@@ -327,6 +331,13 @@ class TrainConfig:
             unknown = set(self.model.align.locked) - set(self.model.encoders)
             if unknown:
                 raise ConfigError(f"model.align.locked: {', '.join(sorted(unknown))} not among model.encoders")
+
+    def encoder_lr(self) -> float:
+        """``optim.encoder_lr``, or its default for this task and mode: LoRA adapters of a classify/align run learn
+        best at 1e-3 (bench/results/defaults.md), full fine-tuning (and asr / instruct, tuned on their own) at 5e-5."""
+        if self.optim.encoder_lr is not None:
+            return self.optim.encoder_lr
+        return LORA_ENCODER_LR if self.tuning.mode == "lora" and self.task in ("classify", "align") else ENCODER_LR
 
     def unused(self) -> set[str]:
         """Dotted names of the sections this run's task and mode never read (left out of its saved config)."""
