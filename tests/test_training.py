@@ -303,3 +303,21 @@ def test_a_log_row_every_n_steps_holds_their_mean_loss_and_each_epoch_ends_with_
         assert sparse[step] == pytest.approx(sum(per_step[s] for s in members) / len(members), abs=1e-5)
     with pytest.raises(ConfigError, match="every_n_steps"):
         config_from_dict({**d, "logging": {"every_n_steps": 0}})
+
+
+def test_epoch_checkpoints_are_spaced_by_checkpoint_seconds(dataset, tiny_model_dir, tmp_path, monkeypatch):
+    from polymodal.train import checkpoint as ckpt
+
+    written = []
+    original = ckpt.save_checkpoint
+
+    def record(run_dir, weights, optimizer, scheduler, position, writer=None):
+        written.append(position["epoch"])
+        return original(run_dir, weights, optimizer, scheduler, position, writer=writer)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", record)
+    train(make_config(dataset, tiny_model_dir, tmp_path / "a", epochs=4), progress=False)
+    assert written == [1, 4]  # the first epoch, then the last: the others came within 30 s of a checkpoint
+    written.clear()
+    train(make_config(dataset, tiny_model_dir, tmp_path / "b", epochs=4, checkpoint_seconds=0), progress=False)
+    assert written == [1, 2, 3, 4]  # 0: every epoch, as before

@@ -182,6 +182,7 @@ class OptimConfig:
     early_stopping: int = 0  # stop after this many epochs without a better validation metric; 0 disables
     metric: str = "macro_f1"  # validation metric that picks the best checkpoint: accuracy | macro_f1 (align: recall@1)
     checkpoint_every: int = 0  # also checkpoint every N optimiser steps (mid-epoch resume); 0: per epoch only
+    checkpoint_seconds: float = 30.0  # an epoch's end skips the resumable checkpoint if the last is younger; 0: every epoch
     seed: int = 0  # seed of initialisation, data order and augmentation
     device: str = "auto"  # auto | cpu | cuda
 
@@ -195,6 +196,8 @@ class OptimConfig:
             raise ConfigError(f"optim.amp: {self.amp!r} is not auto, off, bf16 or fp16")
         if self.metric not in METRICS:
             raise ConfigError(f"optim.metric: {self.metric!r} is not one of {', '.join(METRICS)}")
+        if self.checkpoint_seconds < 0:
+            raise ConfigError(f"optim.checkpoint_seconds: must be >= 0, got {self.checkpoint_seconds}")
         if not 0 <= self.warmup_ratio < 1:
             raise ConfigError(f"optim.warmup_ratio: must be in [0, 1), got {self.warmup_ratio}")
 

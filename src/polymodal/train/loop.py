@@ -171,6 +171,7 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
     try:
         global_step = position["global_step"]
         start = time.perf_counter()
+        last_checkpoint = -math.inf  # the first epoch's end always checkpoints
         for epoch in range(position["epoch"], cfg.optim.epochs):
             batches = batch_order(task.n_train, cfg.optim.batch_size, cfg.optim.seed, epoch, True, rank, world)
             steps = [batches[i : i + cfg.optim.grad_accum] for i in range(0, len(batches), cfg.optim.grad_accum)]
@@ -222,6 +223,7 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
                                                      "seconds": f"{time.perf_counter() - start:.2f}"})
                     pending.clear()
                 if checkpoint_now and main_process:
+                    last_checkpoint = time.perf_counter()
                     ckpt.save_checkpoint(run_dir, task.weights(), optimizer, scheduler,
                                          {**position, "epoch": epoch, "batch": step_in_epoch + 1, "global_step": global_step},
                                          writer=writer)
@@ -247,8 +249,14 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
                 stop = bool(cfg.optim.early_stopping) and position["bad_epochs"] >= cfg.optim.early_stopping
                 print(_epoch_line(epoch + 1, cfg.optim.epochs, epoch_loss / max(1, epoch_steps), val, task, position),
                       flush=True)
-                ckpt.save_checkpoint(run_dir, task.weights(), optimizer, scheduler,
-                                     {**position, "epoch": epoch + 1, "batch": 0, "global_step": global_step}, writer=writer)
+                # An epoch of a small head takes a fraction of a second: checkpointing every one costs more than its
+                # steps. Resume loses at most checkpoint_seconds of work; the last epoch always checkpoints.
+                if (time.perf_counter() - last_checkpoint >= cfg.optim.checkpoint_seconds or stop
+                        or epoch + 1 == cfg.optim.epochs):
+                    ckpt.save_checkpoint(run_dir, task.weights(), optimizer, scheduler,
+                                         {**position, "epoch": epoch + 1, "batch": 0, "global_step": global_step},
+                                         writer=writer)
+                    last_checkpoint = time.perf_counter()
                 if stop:
                     print(f"early stopping after epoch {epoch + 1}: no better val {task.metric} for "
                           f"{cfg.optim.early_stopping} epochs")
