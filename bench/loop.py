@@ -145,7 +145,7 @@ class Timing:
 
 def variant_name(off: set[str]) -> str:
     if off == {EVERY_STEP}:
-        return "polymodal, a log row every step (the old default)"
+        return "polymodal, a log row every step (logging.every_n_steps=1)"
     return "polymodal" + (", without " + " + ".join(p for p in PARTS if p in off) if off else "")
 
 
