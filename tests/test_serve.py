@@ -192,6 +192,8 @@ def test_openapi_schema_describes_both_body_types(server):
     schema = httpx.get(server.url + "/openapi.json").json()
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
+    # a classifier's page lists its own routes only (/v1/transcribe still answers, with a 404 saying why)
+    assert {p for p in schema["paths"] if p.startswith("/v1/")} == {"/v1/predict", "/v1/embed"}
     assert set(body["application/json"]["schema"]["properties"]) == {"text", "image", "audio"}
     # the real limits and media types of this server's config (LIMITS), not generic strings
     form = body["multipart/form-data"]

@@ -352,8 +352,12 @@ def create_app(run: Run | str | Path, cfg: ServeConfig = ServeConfig()) -> FastA
 
     codes = (401, 404, 413, 415, 422, 429, 500, 503, 504)
 
+    # The OpenAPI page lists only what this run serves; the others still answer, with a 404 that says what is served.
+    served = ("transcribe",) if service.transcriber else ("predict", "embed")
+
     @app.post("/v1/predict", response_model=PredictResponse, responses=error_responses(*codes),
-              openapi_extra={"requestBody": body, "security": secured}, summary="class probabilities of one example")
+              openapi_extra={"requestBody": body, "security": secured}, summary="class probabilities of one example",
+              include_in_schema="predict" in served)
     async def predict(request: Request) -> PredictResponse:
         probs = await service.handle(request, "predict")
         labels = service.run.labels
@@ -361,13 +365,15 @@ def create_app(run: Run | str | Path, cfg: ServeConfig = ServeConfig()) -> FastA
         return PredictResponse(label=labels[best], probabilities=dict(zip(labels, probs)))
 
     @app.post("/v1/embed", response_model=EmbedResponse, responses=error_responses(*codes),
-              openapi_extra={"requestBody": body, "security": secured}, summary="pooled embeddings per modality")
+              openapi_extra={"requestBody": body, "security": secured}, summary="pooled embeddings per modality",
+              include_in_schema="embed" in served)
     async def embed(request: Request) -> EmbedResponse:
         return EmbedResponse(embeddings=Embeddings(**await service.handle(request, "embed")))
 
     @app.post("/v1/transcribe", response_model=TranscribeResponse, responses=error_responses(*codes),
               openapi_extra={"requestBody": body, "security": secured},
-              summary="the transcript of one audio clip (an asr run or a Whisper model)")
+              summary="the transcript of one audio clip (an asr run or a Whisper model)",
+              include_in_schema="transcribe" in served)
     async def transcribe(request: Request) -> TranscribeResponse:
         return TranscribeResponse(**await service.handle(request, "transcribe"))
 
