@@ -148,3 +148,36 @@ def test_a_bad_file_is_named_with_its_row(tmp_path):
     with pytest.raises(MediaError, match="row 7: .*broken.png.*polymodal data check"):
         encode(EncoderConfig("efficientnet-lite0", image_size=32), [Example(row=7, image=bad)], cache=tmp_path,
                encoder=enc, progress=False)
+
+
+def test_text_is_encoded_in_length_sorted_batches_and_returned_in_input_order(bert_cfg, tmp_path):
+    texts = ["a " * n + "end" for n in (9, 1, 14, 3, 0, 11, 5, 2, 7, 13)]
+    examples = [Example(row=i + 1, text=t, label="x") for i, t in enumerate(texts)]
+    enc = build_encoder(bert_cfg)
+    seen: list[list[str]] = []
+    prepare = enc.prepare
+
+    def recording_prepare(items, train=False, rng=None):
+        seen.append(list(items))
+        return prepare(items, train=train, rng=rng)
+
+    enc.prepare = recording_prepare
+    feats = encode(bert_cfg, examples, batch_size=3, cache=tmp_path, encoder=enc, progress=False)
+    flat = [t for batch in seen for t in batch]
+    assert sorted(flat) == sorted(texts) and flat == sorted(texts, key=len)  # shortest first, every text once
+    enc.prepare = prepare
+    with torch.no_grad():  # one text at a time: no padding at all, in input order
+        alone = torch.cat([enc(enc.prepare([t])).pooled for t in texts])
+    torch.testing.assert_close(feats.pooled, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_embed_texts_restores_input_order(bert_cfg):
+    from polymodal.models.text import embed_texts, length_order
+
+    texts = ["word " * n for n in (6, 1, 4, 9, 2)]
+    enc = build_encoder(bert_cfg)
+    assert length_order(texts, enc.tokenizer) == [1, 4, 2, 0, 3]
+    sorted_batches = embed_texts(enc, texts, batch_size=2)
+    with torch.no_grad():
+        one_by_one = torch.nn.functional.normalize(torch.cat([enc(enc.prepare([t])).pooled for t in texts]), dim=-1)
+    torch.testing.assert_close(sorted_batches, one_by_one, atol=1e-5, rtol=1e-4)

@@ -59,6 +59,8 @@ def test_a_classify_run_predicts_the_same_through_serve_compress_and_run_predict
     served = _served(run, split.examples)
     torch.testing.assert_close(predicted, measured, atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(served, predicted, atol=1e-5, rtol=1e-4)
+    # small batches are length-sorted by text and put back in the examples' order
+    torch.testing.assert_close(run.predict(split.examples, batch_size=2), predicted, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.shared_data

@@ -19,6 +19,7 @@ from ..data import load_manifest, require_clean
 from ..data.manifest import Example
 from ..errors import PolymodalError
 from ..features import load_input
+from ..models.text import length_order
 from ..train import checkpoint as ckpt
 from ..train.config import CACHED_MODES, TrainConfig, load_config
 from ..train.data import FeatureTable, RawBatch, batch_order, make_splits, raw_batch
@@ -122,12 +123,21 @@ class Run:
 
             examples = transcribe_examples(examples, self.config.data.transcribe, progress=False)
         rates = self.sample_rates()
+        order = list(range(len(examples)))
+        if "text" in self.model.encoders and len(examples) > batch_size:  # length-sorted text batches pad less
+            order = length_order([e.get("text") or "" for e in examples],
+                                 getattr(self.model.encoders["text"], "tokenizer", None))
         out = []
-        for i in range(0, len(examples), batch_size):
-            chunk = examples[i : i + batch_size]
+        for i in range(0, len(order), batch_size):
+            chunk = [examples[j] for j in order[i : i + batch_size]]
             out.append(self._probabilities([{m: load_input(m, e, rates[m]) for m in self.model.encoders
                                              if e.get(m) is not None} for e in chunk]))
-        return torch.cat(out) if out else torch.zeros(0, len(self.labels))
+        if not out:
+            return torch.zeros(0, len(self.labels))
+        probs = torch.cat(out)
+        restored = torch.empty_like(probs)
+        restored[torch.tensor(order)] = probs  # back in the examples' order
+        return restored
 
     @torch.inference_mode()
     def _probabilities(self, items: list[dict[str, Any]]) -> torch.Tensor:

@@ -20,6 +20,7 @@ from ..data.image import load_image
 from ..data.manifest import Example
 from ..errors import MediaError, PolymodalError
 from ..models import Encoder, EncoderConfig, build_encoder, encoder_key, encoder_modality
+from ..models.text import length_order
 from .cache import FeatureCache
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,9 @@ def _run_encoder(encoder: Encoder, modality: str, examples: list[Example], keys:
     if isinstance(encoder, torch.nn.Module):
         encoder.eval()
     sample_rate = getattr(encoder, "sample_rate", None)
+    if modality == "text":  # length-sorted batches pad less; results are keyed by content, so order is restored
+        order = length_order([ex.get("text") for ex in examples], getattr(encoder, "tokenizer", None))
+        examples, keys = [examples[i] for i in order], [keys[i] for i in order]
     out: dict[str, dict[str, torch.Tensor]] = {}
     bar = tqdm(total=len(examples), desc=f"encoding {modality}", unit="item", disable=None if progress else True)
     try:

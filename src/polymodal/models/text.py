@@ -71,13 +71,34 @@ def _pooling_mode(model_dir: Path) -> str:
     return "mean"
 
 
+def length_order(texts: Sequence[str], tokenizer=None) -> list[int]:
+    """Indices of ``texts`` from shortest to longest (token count with ``tokenizer``, else characters).
+
+    Batches cut from this order are padded to similar lengths, so fewer padding tokens go through the model;
+    callers encode in this order and put the results back by index. The sort is stable (ties keep input order).
+    """
+    if tokenizer is not None and len(texts):
+        lengths = [len(ids) for ids in tokenizer([str(t) for t in texts], add_special_tokens=False)["input_ids"]]
+    else:
+        lengths = [len(str(t)) for t in texts]
+    return sorted(range(len(texts)), key=lengths.__getitem__)
+
+
 @torch.no_grad()
 def embed_texts(text: nn.Module, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """L2-normalised pooled embeddings (n, dim) of texts by a polymodal text encoder."""
+    """L2-normalised pooled embeddings (n, dim) of texts by a polymodal text encoder, in ``texts``' order.
+
+    Encoded in length-sorted batches (``length_order``) and put back in input order."""
+    order = length_order(texts, getattr(text, "tokenizer", None))
     out = []
-    for i in range(0, len(texts), batch_size):
-        out.append(text(text.prepare(list(texts[i : i + batch_size]))).pooled.float())
-    return F.normalize(torch.cat(out), dim=-1)
+    for i in range(0, len(order), batch_size):
+        out.append(text(text.prepare([texts[j] for j in order[i : i + batch_size]])).pooled.float())
+    if not out:
+        raise ValueError("embed_texts got no texts")
+    pooled = torch.cat(out)
+    restored = torch.empty_like(pooled)
+    restored[torch.tensor(order)] = pooled
+    return F.normalize(restored, dim=-1)
 
 
 @torch.no_grad()
