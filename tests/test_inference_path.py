@@ -61,6 +61,11 @@ def test_a_classify_run_predicts_the_same_through_serve_compress_and_run_predict
     torch.testing.assert_close(served, predicted, atol=1e-5, rtol=1e-4)
     # small batches are length-sorted by text and put back in the examples' order
     torch.testing.assert_close(run.predict(split.examples, batch_size=2), predicted, atol=1e-5, rtol=1e-4)
+    # the server's buckets (--bucket-size): length-sorted sub-batches of a batch, put back in order
+    from polymodal.features import load_input
+
+    items = [{m: load_input(m, e) for m in ("text", "image") if e.get(m) is not None} for e in split.examples]
+    torch.testing.assert_close(run.predict_items(items, bucket_size=2), run.predict_items(items), atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.shared_data

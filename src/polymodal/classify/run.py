@@ -99,10 +99,14 @@ class Run:
         return read_split(self.config, self.labels, self.path, "test", progress=progress)
 
     @torch.inference_mode()
-    def predict_items(self, items: list[dict[str, Any]]) -> torch.Tensor:
+    def predict_items(self, items: list[dict[str, Any]], bucket_size: int = 0) -> torch.Tensor:
         """Class probabilities (n, classes), in ``labels`` order, for decoded inputs: one dict modality -> str, PIL
         image or mono waveform (at ``sample_rates()``) per example. A run trained on transcripts transcribes the
         items' audio into their text first.
+
+        Args:
+            bucket_size: above 0 and with a text encoder, the items run in length-sorted sub-batches of this many
+                (less padding: a batch is padded to its longest text), their results put back in order.
 
         Raises:
             FloatingPointError: the model produced a non-finite probability.
@@ -113,7 +117,15 @@ class Run:
             if self._recognizer is None:
                 self._recognizer = recognizer_for(self.config.data.transcribe)
             items = transcribe_items(items, self._recognizer, self.sample_rates().get("audio") or 16_000)
-        return self._probabilities(items)
+        if not bucket_size or "text" not in self.model.encoders or len(items) <= bucket_size:
+            return self._probabilities(items)
+        order = length_order([str(it.get("text") or "") for it in items],
+                             getattr(self.model.encoders["text"], "tokenizer", None))
+        probs = torch.cat([self._probabilities([items[j] for j in order[i : i + bucket_size]])
+                           for i in range(0, len(order), bucket_size)])
+        restored = torch.empty_like(probs)
+        restored[torch.tensor(order)] = probs
+        return restored
 
     def predict(self, examples: list[Example], batch_size: int = 32) -> torch.Tensor:
         """Class probabilities (n, classes) for manifest rows holding any subset of the run's modalities (a run

@@ -97,7 +97,7 @@ class Service:
             routes = {"transcribe": partial(inference.transcribe_batch, recognizer)}
         else:
             self.sample_rates = inference.sample_rates(self.run)
-            routes = {"predict": partial(inference.predict_batch, self.run),
+            routes = {"predict": partial(inference.predict_batch, self.run, bucket_size=self.cfg.bucket_size),
                       "embed": partial(inference.embed_batch, self.run)}
         for name, fn in routes.items():
             b = Batcher(name, fn, self._executor, self.cfg.max_batch_size, self.cfg.max_delay_ms, self.metrics)

@@ -20,6 +20,7 @@ class ServeConfig:
     max_batch_size: int = 32  # most requests run through the model together; 1 turns batching off
     max_delay_ms: float = 0.0  # how long a batch waits to fill up; 0 takes whatever is queued (as Triton does)
     max_queue: int = 64  # requests admitted but not yet in a batch; beyond it the answer is 429
+    bucket_size: int = 8  # text runs: a batch runs as length-sorted sub-batches of this many (less padding); 0: one
     retry_after_s: int = 1  # the Retry-After of a 429
     deadline_ms: float = 30_000.0  # default time a request may take, end to end, before a 504
     max_deadline_ms: float = 600_000.0  # the most a client may ask for with the X-Deadline-Ms header
@@ -43,6 +44,7 @@ class ServeConfig:
             (self.max_batch_size >= 1, "max_batch_size", "must be at least 1"),
             (self.max_delay_ms >= 0, "max_delay_ms", "must be 0 or more"),
             (self.max_queue >= 1, "max_queue", "must be at least 1"),
+            (self.bucket_size >= 0, "bucket_size", "must be 0 or more"),
             (self.retry_after_s >= 0, "retry_after_s", "must be 0 or more"),
             (self.deadline_ms > 0, "deadline_ms", "must be positive"),
             (self.max_deadline_ms >= self.deadline_ms, "max_deadline_ms", "must be at least deadline_ms"),

@@ -17,13 +17,14 @@ from ..speech.asr_run import Transcriber, is_transcriber, load_transcriber  # no
 __all__ = ["embed_batch", "is_transcriber", "load_transcriber", "predict_batch", "sample_rates", "transcribe_batch"]
 
 
-def predict_batch(run: Run, items: list[dict[str, Any]]) -> list[list[float]]:
-    """Class probabilities, one list (classes,) per example, in ``run.labels`` order.
+def predict_batch(run: Run, items: list[dict[str, Any]], bucket_size: int = 0) -> list[list[float]]:
+    """Class probabilities, one list (classes,) per example, in ``run.labels`` order (``bucket_size``: texts in
+    length-sorted sub-batches of that many, see ``Run.predict_items``).
 
     Raises:
         FloatingPointError: the model produced a non-finite probability.
     """
-    return run.predict_items(items).tolist()
+    return run.predict_items(items, bucket_size=bucket_size).tolist()
 
 
 @torch.inference_mode()
