@@ -98,12 +98,16 @@ class Valve:
 
 
 class Server:
-    def __init__(self, app, port: int):
+    """The app on uvicorn in a thread, ready when constructed; ``uvicorn_settings`` go to ``uvicorn.Config``."""
+
+    def __init__(self, app, port: int, **uvicorn_settings):
         import uvicorn
 
         self.app, self.service = app, app.state.service
         self.url = f"http://127.0.0.1:{port}"
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+        self.port = port
+        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                                     **uvicorn_settings))
         self._thread = threading.Thread(target=self._server.run, daemon=True)
         self._thread.start()
         _wait_until(self._ready, "the server to be ready")

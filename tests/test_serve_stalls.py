@@ -5,7 +5,6 @@ is closed."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 
 import httpx
@@ -14,32 +13,9 @@ import pytest
 from polymodal.serve import ServeConfig, create_app
 from polymodal.serve import _connections
 from polymodal.tasks import load_run
-from test_serve import AUTH, KEY, _free_port, _wait_until, run_dir  # noqa: F401 - run_dir is a fixture
+from test_serve import AUTH, KEY, Server, _free_port, run_dir  # noqa: F401 - run_dir is a fixture
 
 STALLED = 16
-
-
-class _Server:
-    def __init__(self, app, port: int):
-        import uvicorn
-
-        self.url = f"http://127.0.0.1:{port}"
-        self.port = port
-        self._server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                                     http=_connections.protocol_class(), limit_concurrency=None))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        _wait_until(self._ready, "the server to be ready")
-
-    def _ready(self) -> bool:
-        try:
-            return httpx.get(self.url + "/readyz").status_code == 200
-        except httpx.HTTPError:
-            return False
-
-    def stop(self) -> None:
-        self._server.should_exit = True
-        self._thread.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +23,8 @@ def server(run_dir):  # noqa: F811
     old = _connections.HEADER_TIMEOUT_S
     _connections.HEADER_TIMEOUT_S = 1.0
     cfg = ServeConfig(port=_free_port(), api_key=KEY, max_queue=2, body_timeout_s=2.0, header_timeout_s=1.0)
-    srv = _Server(create_app(load_run(run_dir), cfg), cfg.port)
+    # uvicorn with the service's own protocol class (header timeout) and no concurrency cap of its own, as serve() runs it
+    srv = Server(create_app(load_run(run_dir), cfg), cfg.port, http=_connections.protocol_class(), limit_concurrency=None)
     yield srv
     srv.stop()
     _connections.HEADER_TIMEOUT_S = old
