@@ -19,7 +19,7 @@ from ..data import load_manifest, require_clean
 from ..data.manifest import Example
 from ..errors import PolymodalError
 from ..features import load_input
-from ..models.text import length_order
+from ..models.text import in_length_order
 from ..train import checkpoint as ckpt
 from ..train.config import CACHED_MODES, TrainConfig, load_config
 from ..train.data import FeatureTable, RawBatch, batch_order, make_splits, raw_batch
@@ -119,13 +119,9 @@ class Run:
             items = transcribe_items(items, self._recognizer, self.sample_rates().get("audio") or 16_000)
         if not bucket_size or "text" not in self.model.encoders or len(items) <= bucket_size:
             return self._probabilities(items)
-        order = length_order([str(it.get("text") or "") for it in items],
-                             getattr(self.model.encoders["text"], "tokenizer", None))
-        probs = torch.cat([self._probabilities([items[j] for j in order[i : i + bucket_size]])
-                           for i in range(0, len(order), bucket_size)])
-        restored = torch.empty_like(probs)
-        restored[torch.tensor(order)] = probs
-        return restored
+        return in_length_order([str(it.get("text") or "") for it in items],
+                               getattr(self.model.encoders["text"], "tokenizer", None), bucket_size,
+                               lambda idx: self._probabilities([items[j] for j in idx]))
 
     def predict(self, examples: list[Example], batch_size: int = 32) -> torch.Tensor:
         """Class probabilities (n, classes) for manifest rows holding any subset of the run's modalities (a run
@@ -135,21 +131,18 @@ class Run:
 
             examples = transcribe_examples(examples, self.config.data.transcribe, progress=False)
         rates = self.sample_rates()
-        order = list(range(len(examples)))
-        if "text" in self.model.encoders and len(examples) > batch_size:  # length-sorted text batches pad less
-            order = length_order([e.get("text") or "" for e in examples],
-                                 getattr(self.model.encoders["text"], "tokenizer", None))
-        out = []
-        for i in range(0, len(order), batch_size):
-            chunk = [examples[j] for j in order[i : i + batch_size]]
-            out.append(self._probabilities([{m: load_input(m, e, rates[m]) for m in self.model.encoders
-                                             if e.get(m) is not None} for e in chunk]))
-        if not out:
+
+        def probabilities(idx) -> torch.Tensor:
+            return self._probabilities([{m: load_input(m, examples[j], rates[m]) for m in self.model.encoders
+                                         if examples[j].get(m) is not None} for j in idx])
+
+        if not examples:
             return torch.zeros(0, len(self.labels))
-        probs = torch.cat(out)
-        restored = torch.empty_like(probs)
-        restored[torch.tensor(order)] = probs  # back in the examples' order
-        return restored
+        if "text" in self.model.encoders and len(examples) > batch_size:  # length-sorted text batches pad less
+            return in_length_order([e.get("text") or "" for e in examples],
+                                   getattr(self.model.encoders["text"], "tokenizer", None), batch_size, probabilities)
+        return torch.cat([probabilities(range(i, min(i + batch_size, len(examples))))
+                          for i in range(0, len(examples), batch_size)])
 
     @torch.inference_mode()
     def _probabilities(self, items: list[dict[str, Any]]) -> torch.Tensor:

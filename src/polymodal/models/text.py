@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -84,21 +84,27 @@ def length_order(texts: Sequence[str], tokenizer=None) -> list[int]:
     return sorted(range(len(texts)), key=lengths.__getitem__)
 
 
+def in_length_order(texts: Sequence[str], tokenizer, size: int,
+                    run: Callable[[list[int]], torch.Tensor]) -> torch.Tensor:
+    """``run`` on chunks of ``size`` indices taken from the shortest text to the longest (``length_order``), its
+    rows concatenated and put back in the input order. ``texts`` must not be empty."""
+    order = length_order(texts, tokenizer)
+    out = torch.cat([run(order[i : i + size]) for i in range(0, len(order), size)])
+    restored = torch.empty_like(out)
+    restored[torch.tensor(order)] = out
+    return restored
+
+
 @torch.no_grad()
 def embed_texts(text: nn.Module, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
     """L2-normalised pooled embeddings (n, dim) of texts by a polymodal text encoder, in ``texts``' order.
 
-    Encoded in length-sorted batches (``length_order``) and put back in input order."""
-    order = length_order(texts, getattr(text, "tokenizer", None))
-    out = []
-    for i in range(0, len(order), batch_size):
-        out.append(text(text.prepare([texts[j] for j in order[i : i + batch_size]])).pooled.float())
-    if not out:
+    Encoded in length-sorted batches (``in_length_order``)."""
+    if not len(texts):
         raise ValueError("embed_texts got no texts")
-    pooled = torch.cat(out)
-    restored = torch.empty_like(pooled)
-    restored[torch.tensor(order)] = pooled
-    return F.normalize(restored, dim=-1)
+    pooled = in_length_order(texts, getattr(text, "tokenizer", None), batch_size,
+                             lambda idx: text(text.prepare([texts[j] for j in idx])).pooled.float())
+    return F.normalize(pooled, dim=-1)
 
 
 @torch.no_grad()
