@@ -6,9 +6,10 @@ model loads on the first question that is not refused, then stays loaded for the
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
-from .answer import DEFAULT_THRESHOLD, Answer, answer
+from .answer import DEFAULT_THRESHOLD, NOT_FOUND, Answer, answer_from
 from .knowledge_base import KnowledgeBase, Retrieval
 
 
@@ -68,12 +69,15 @@ class Asker:
 
     def ask(self, question: str) -> Asked:
         retrieval = self.retrieve(question)
-        refused = not retrieval.hits or (self.refusal.refuse(retrieval) if self.refusal else
-                                         retrieval.best_dense < self.threshold)
-        result = answer(self.kb, question, None if refused else self.answerer, k=self.options.k,
-                        threshold=self.threshold, retrieval=retrieval, refusal=self.refusal)
-        features = self.refusal.features(retrieval) if refused and self.refusal is not None and retrieval.hits else {}
-        return Asked(result, retrieval, refused, features)
+        # The refusal signals are computed once, here (a sentence ranking and a coverage pass over the passages).
+        features = self.refusal.features(retrieval) if self.refusal is not None and retrieval.hits else {}
+        refused = not retrieval.hits or (self.refusal.weights.score(features) < 0 if self.refusal is not None
+                                         else retrieval.best_dense < self.threshold)
+        if refused:
+            result = Answer(NOT_FOUND, [], False, retrieval.best_dense, retrieval.hits[: self.options.k])
+        else:  # decided above: answer_from's own threshold check must not refuse again (-inf)
+            result = answer_from(retrieval, self.answerer, self.options.k, -math.inf)
+        return Asked(result, retrieval, refused, features if refused else {})
 
 
 def make_answerer(kb: KnowledgeBase, options: AskOptions):
