@@ -153,8 +153,6 @@ def _write_media(value: Any, modality: str, folder: Path, name: str) -> str:
 
 def write_manifest(data: Any, label: str, out: Path, split: str | None = None) -> Path:
     """A table written as a manifest CSV at ``out`` (media cells as files beside it); returns the path."""
-    import csv
-
     rows = _rows(data)
     if not rows:
         raise PolymodalError("the table has no rows")
@@ -176,11 +174,18 @@ def write_manifest(data: Any, label: str, out: Path, split: str | None = None) -
         records.append(rec)
     columns = [c for c in ("text", "image", "audio") if c in modalities] + ["label"] + \
         (["split"] if any(rec["split"] for rec in records) else [])
+    return _write_csv(out, columns, records)
+
+
+def _write_csv(out: Path, columns: list[str], rows, extrasaction: str = "ignore") -> Path:
+    """``rows`` (dicts) as a UTF-8 CSV manifest with these columns; the folder is made if missing."""
+    import csv
+
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+        w = csv.DictWriter(f, fieldnames=columns, extrasaction=extrasaction, lineterminator="\n")
         w.writeheader()
-        w.writerows(records)
+        w.writerows(rows)
     return out
 
 
@@ -196,18 +201,14 @@ def _media_roots(manifest: Path) -> tuple[str, ...]:
 
 def _relabelled(manifest, label: str, out: Path) -> Path:
     """A copy of a manifest whose ``label`` column is the column ``label``; media paths absolute (allowed roots)."""
-    import csv
-
     columns = ["label" if c == label else c for c in manifest.columns]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        for e in manifest.examples:
-            rec = {("label" if k == label else k): v for k, v in e.raw.items()}
-            rec.update({m: str(e.get(m)) for m in ("image", "audio") if e.get(m) is not None})
-            w.writerow(rec)
-    return out
+
+    def record(e) -> dict:
+        rec = {("label" if k == label else k): v for k, v in e.raw.items()}
+        rec.update({m: str(e.get(m)) for m in ("image", "audio") if e.get(m) is not None})
+        return rec
+
+    return _write_csv(out, columns, (record(e) for e in manifest.examples))
 
 
 def _stack(paths: list[Path], out: Path) -> Path:
@@ -220,11 +221,7 @@ def _stack(paths: list[Path], out: Path) -> Path:
             reader = csv.DictReader(f)
             columns += [c for c in reader.fieldnames or [] if c not in columns]
             rows += list(reader)
-    with open(out, "w", newline="", encoding="utf-8") as f:
-        w = csv.DictWriter(f, fieldnames=columns, lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-    return out
+    return _write_csv(out, columns, rows, extrasaction="raise")
 
 
 def fit(train_data: Any, label: str = "label", *, val_data: Any = None, test_data: Any = None,
