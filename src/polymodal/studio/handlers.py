@@ -363,8 +363,7 @@ class Studio:
             raise StudioError(f"run {name} has no {' or '.join(missing)} encoder; give it "
                               f"{' or '.join(run.config.model.encoders)}")
         probs = run.predict_items([item])[0].tolist()
-        ranked = sorted(zip(run.labels, probs), key=lambda x: -x[1])
-        return {"run": name, "probabilities": [{"label": label, "p": p} for label, p in ranked]}
+        return {"run": name, "probabilities": _ranked(run.labels, probs)}
 
 
     def zero_shot(self, classes: str, image: bytes | None, model: str | None = None) -> dict[str, Any]:
@@ -380,8 +379,7 @@ class Studio:
             self._loaded[key] = (0.0, zero_shot(list(names), zero_shot_config(model=model or DEFAULT_MODEL)))
         run = self._loaded[key][1]
         probs = run.predict_items([{"image": load_image(_named(image, "image"))}])[0].tolist()
-        ranked = sorted(zip(run.labels, probs), key=lambda x: -x[1])
-        return {"probabilities": [{"label": label, "p": p} for label, p in ranked]}
+        return {"probabilities": _ranked(run.labels, probs)}
 
     def transcribe(self, audio: bytes | None, filename: str = "audio.wav", model: str = "whisper-base",
                    engine: str = "faster-whisper") -> dict[str, Any]:
@@ -614,6 +612,11 @@ class Studio:
             while (piece := pieces.get()) is not done:
                 yield piece
         return stream()
+
+
+def _ranked(labels: list[str], probs: list[float]) -> list[dict[str, Any]]:
+    """Class probabilities for the page, most likely first."""
+    return [{"label": label, "p": p} for label, p in sorted(zip(labels, probs), key=lambda x: -x[1])]
 
 
 def _named(data: bytes, name: str) -> io.BytesIO:
