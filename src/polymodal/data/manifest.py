@@ -253,31 +253,29 @@ def _duplicate_columns(path: Path, header: list[str]) -> list[Problem]:
 def _read_csv(path: Path) -> tuple[list[str], list[dict[str, object]], list[Problem]]:
     # surrogateescape keeps undecodable bytes as markers, so one bad cell spoils one row, not the file.
     text = path.read_bytes().decode("utf-8-sig", "surrogateescape")
-    reader = csv.reader(io.StringIO(text, newline=""))
+    reader = csv.DictReader(io.StringIO(text, newline=""))
     rows, problems = [], []
     with _csv_field_limit(min(sys.maxsize, 2**31 - 1)):
         try:
-            header = [h.strip() for h in next(reader, [])]
+            header = [h.strip() for h in (reader.fieldnames or [])]
         except csv.Error as e:
             raise ManifestError(f"{path}: the header line is not valid CSV ({e}); fix the first line") from e
-        problems += _duplicate_columns(path, header)
+        reader.fieldnames = header
+        problems += _duplicate_columns(path, header)  # DictReader keeps the last of a duplicated column
         i = 0
         while True:
             try:
-                cells = next(reader)
+                rec = next(reader)
             except StopIteration:
                 break
-            except csv.Error as e:
+            except csv.Error as e:  # the reader goes on with the next line
                 i += 1
                 problems.append(Problem(i, "bad_csv", "", f"{path}: row {i} (line {reader.line_num}) is not valid CSV ({e})",
                                         "fix the row's quoting, or remove it"))
                 rows.append({})
                 continue
-            if not cells:  # a blank line, as csv.DictReader skips
-                continue
             i += 1
-            rec = {h: v for h, v in zip(header, cells)}  # a duplicated column: the last wins, as named above
-            rec.update({h: None for h in header[len(cells):] if h not in rec})  # short rows, as DictReader fills
+            rec.pop(None, None)  # cells beyond the header
             for col, v in rec.items():
                 if isinstance(v, str) and _has_surrogates(v):
                     problems.append(_undecodable(i, col, path, f"row {i} (line {reader.line_num}), column {col!r}"))
