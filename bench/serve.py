@@ -101,13 +101,13 @@ def _model_alone(run: Path, payloads: list[dict], n: int) -> tuple[float, float]
     import torch
 
     from polymodal.serve import ServeConfig
-    from polymodal.serve.inference import predict_batch, sample_rates
+    from polymodal.serve.inference import predict_batch
     from polymodal.serve.limits import RawInputs, decode_base64, decode_inputs
     from polymodal.tasks import load_run
 
     torch.set_num_threads(THREADS)
     model = load_run(run)
-    cfg, rates = ServeConfig(), sample_rates(model)
+    cfg, rates = ServeConfig(), model.sample_rates()
     items = [decode_inputs(RawInputs(p.get("text"), decode_base64(p["image"], "image") if "image" in p else None),
                            cfg, rates) for p in payloads[:n]]
     predict_batch(model, items[:4])

@@ -197,14 +197,17 @@ def test_openapi_schema_describes_both_body_types(server):
     body = schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert set(body) == {"application/json", "multipart/form-data"}
     # a classifier's page lists its own routes only (/v1/transcribe still answers, with a 404 saying why)
-    assert {p for p in schema["paths"] if p.startswith("/v1/")} == {"/v1/predict", "/v1/embed"}
-    assert set(body["application/json"]["schema"]["properties"]) == {"text", "image", "audio"}
+    assert {p for p in schema["paths"] if p.startswith("/v1/")} == {"/v1/predict", "/v1/embed", "/v1/embeddings",
+                                                                    "/v1/models"}
+    one, many = body["application/json"]["schema"]["anyOf"]  # one example, or a batched body
+    assert set(one["properties"]) == {"text", "image", "audio"}
+    assert {tuple(s.get("required", ())) for s in many["anyOf"]} == {("instances",), ("inputs",), ()}
     # the real limits and media types of this server's config (LIMITS), not generic strings
     form = body["multipart/form-data"]
     assert form["encoding"]["image"]["contentType"] == "image/png, image/jpeg, image/webp, image/bmp, image/gif"
     assert form["encoding"]["audio"]["contentType"] == "audio/wav, audio/flac, audio/ogg"
     assert form["schema"]["properties"]["text"]["maxLength"] == LIMITS["max_text_chars"]
-    image = body["application/json"]["schema"]["properties"]["image"]
+    image = one["properties"]["image"]
     assert f"at most {LIMITS['max_image_pixels']:,} pixels" in image["description"]
     assert f"at most {LIMITS['max_body_bytes']:,} bytes" in image["description"]
     assert image["anyOf"][0]["contentEncoding"] == "base64"

@@ -643,8 +643,9 @@ def test_an_asr_run_serves_transcripts_at_v1_transcribe(asr_model_dir, tmp_path,
             assert r.status_code == 404 and "speech recogniser" in r.json()["detail"]
             r = client.post("/v1/transcribe", json={"text": "hello"})
             assert r.status_code == 422 and r.json()["kind"] == "unsupported_modality"
-            # its OpenAPI page lists what it serves: /v1/transcribe, not a classifier's routes
-            assert {p for p in client.get("/openapi.json").json()["paths"] if p.startswith("/v1/")} == {"/v1/transcribe"}
+            # its OpenAPI page lists what it serves: /v1/transcribe (and OpenAI's), not a classifier's routes
+            assert {p for p in client.get("/openapi.json").json()["paths"] if p.startswith("/v1/")} == \
+                {"/v1/transcribe", "/v1/audio/transcriptions", "/v1/models"}
         # a Whisper model folder is served the same way, without a run
         with TestClient(create_app(asr_model_dir, ServeConfig())) as client:
             _wait_until_ready(client)

@@ -19,7 +19,7 @@ from ..data import load_manifest, require_clean
 from ..data.manifest import Example
 from ..errors import PolymodalError
 from ..features import load_input
-from ..models.text import in_length_order
+from ..models.text import in_length_order, length_order
 from ..train import checkpoint as ckpt
 from ..train.config import CACHED_MODES, TrainConfig, load_config
 from ..train.data import FeatureTable, RawBatch, batch_order, make_splits, raw_batch
@@ -143,6 +143,39 @@ class Run:
                                    getattr(self.model.encoders["text"], "tokenizer", None), batch_size, probabilities)
         return torch.cat([probabilities(range(i, min(i + batch_size, len(examples))))
                           for i in range(0, len(examples), batch_size)])
+
+    @torch.inference_mode()
+    def embed_items(self, items: list[dict[str, Any]], bucket_size: int = 0) -> list[dict[str, torch.Tensor]]:
+        """Per example, modality -> (dim,) embedding of each modality it gave (decoded inputs, as
+        ``predict_items``): an ``align`` run's joint space (L2-normalised), another run's pooled encoder outputs.
+
+        Raises:
+            FloatingPointError: an encoder produced a non-finite embedding.
+        """
+        if bucket_size and "text" in self.model.encoders and len(items) > bucket_size:
+            rows: list[dict[str, torch.Tensor]] = [{} for _ in items]
+            order = length_order([str(it.get("text") or "") for it in items],
+                                 getattr(self.model.encoders["text"], "tokenizer", None))
+            for start in range(0, len(order), bucket_size):  # length-sorted sub-batches, as predict_items
+                idx = order[start:start + bucket_size]
+                for j, r in zip(idx, self.embed_items([items[j] for j in idx])):
+                    rows[j] = r
+            return rows
+        self.model.eval()
+        out: list[dict[str, torch.Tensor]] = [{} for _ in items]
+        for m, f in self.model.encode(prepare_items(dict(self.model.encoders), items)).items():
+            idx = f.present.nonzero().flatten().tolist()
+            if not idx:
+                continue
+            vectors = f.pooled[f.present]
+            if self.config.task == "align":
+                vectors = self.model.head.embed(m, vectors)
+            vectors = vectors.float()
+            if not torch.isfinite(vectors).all():
+                raise FloatingPointError(f"the {m} encoder produced non-finite embeddings")
+            for i, v in zip(idx, vectors):
+                out[i][m] = v
+        return out
 
     @torch.inference_mode()
     def _probabilities(self, items: list[dict[str, Any]]) -> torch.Tensor:

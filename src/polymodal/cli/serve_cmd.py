@@ -51,9 +51,10 @@ def run(args: argparse.Namespace) -> int:
     if os.environ.get(API_KEY_ENV):
         values["api_key"] = os.environ[API_KEY_ENV]
     cfg = ServeConfig(**values)
-    from ..serve.inference import is_transcriber
+    from ..serve.inference import source_kind
 
-    for name in () if is_transcriber(args.run) else ("config.yaml", "labels.json"):  # fail before binding the port
+    # fail before binding the port (a transcriber or a chat model is checked as it loads)
+    for name in ("config.yaml", "labels.json") if source_kind(args.run) == "classifier" else ():
         if not (args.run / name).is_file():
             raise PolymodalError(f"{args.run}: not a finished run (no {name}); train it with `polymodal train CONFIG`")
     return serve(args.run, cfg, log_level=args.log_level)

@@ -7,9 +7,9 @@ training loop), ``evaluate`` (score any model on a file's test items), ``instruc
 """
 
 from .data import Conversation, Turn, check_conversations, read_conversations
-from .generate import GenerationOptions, generate
+from .generate import Answer, GenerationOptions, answer, generate
 from .lm import load_causal_lm
 from .model import InstructModel, InstructRun, load_instruct
 
-__all__ = ["Conversation", "GenerationOptions", "InstructModel", "InstructRun", "Turn", "check_conversations", "generate",
-           "load_causal_lm", "load_instruct", "read_conversations"]
+__all__ = ["Answer", "Conversation", "GenerationOptions", "InstructModel", "InstructRun", "Turn", "answer",
+           "check_conversations", "generate", "load_causal_lm", "load_instruct", "read_conversations"]

@@ -68,17 +68,31 @@ class _Streamer:
             self.on_text(text[self.shown:])
 
 
-@torch.no_grad()
+@dataclass(frozen=True)
+class Answer:
+    """One generated answer and what it cost."""
+
+    text: str  # without special tokens, stripped
+    prompt_tokens: int  # tokens of the prompt, soft tokens included
+    completion_tokens: int  # tokens generated, up to (not counting) the stop token
+    finish_reason: str  # "stop": a stop token ended it; "length": max_new_tokens did
+
+
 def generate(run: InstructRun, prompts: list[list[Turn] | tuple[Turn, ...]], options: GenerationOptions = GenerationOptions(),
              *, on_text: Callable[[str], None] | None = None, features: list[list[torch.Tensor]] | None = None) -> list[str]:
-    """Answer each prompt (turns ending with a user turn) in one batch.
+    """Answer each prompt (turns ending with a user turn) in one batch; the texts of ``answer``."""
+    return [a.text for a in answer(run, prompts, options, on_text=on_text, features=features)]
+
+
+@torch.no_grad()
+def answer(run: InstructRun, prompts: list[list[Turn] | tuple[Turn, ...]], options: GenerationOptions = GenerationOptions(),
+           *, on_text: Callable[[str], None] | None = None, features: list[list[torch.Tensor]] | None = None) -> list[Answer]:
+    """Answer each prompt (turns ending with a user turn) in one batch (static batching: the prompts are left-padded
+    to the longest and decoded together until every row has stopped).
 
     Args:
         features: per prompt, its attachments' (soft_tokens, dim) features; default: encoded from the files.
         on_text: streaming: called with each new piece of the first prompt's answer as it is decoded.
-
-    Returns:
-        the answers, without special tokens, stripped.
     """
     model, tok = run.model, run.tokenizer
     encoded = [encode_conversation(tok, list(p), soft_tokens=model.soft_tokens, system_prompt=run.system_prompt,
@@ -100,4 +114,10 @@ def generate(run: InstructRun, prompts: list[list[Turn] | tuple[Turn, ...]], opt
     out = model.lm.generate(inputs_embeds=embeds, attention_mask=batch.attention_mask, max_new_tokens=options.max_new_tokens,
                             eos_token_id=stops, pad_token_id=tok.pad_token_id,
                             streamer=_Streamer(tok, on_text, stops) if on_text is not None else None, **kwargs)
-    return [tok.decode([t for t in row.tolist() if t not in stops], skip_special_tokens=True).strip() for row in out]
+    answers = []
+    for e, row in zip(encoded, out.tolist()):
+        n = next((i for i, t in enumerate(row) if t in stops), None)  # a row that stopped is padded after its stop
+        ids = row if n is None else row[:n]
+        answers.append(Answer(tok.decode(ids, skip_special_tokens=True).strip(), len(e), len(ids),
+                              "length" if n is None else "stop"))
+    return answers

@@ -21,7 +21,6 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -32,31 +31,38 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from ..classify.run import Run, load_run
-from . import inference
+from .. import run_folder
+from ..classify.run import Run
+from . import inference, openai_api, v2_api
 from ._metrics import Metrics
+from .batch_api import Many, parse_many, submit_many
 from .batcher import Admission, Batcher, DeadlineExceeded, InferenceFailed
 from .config import ServeConfig
 from .limits import MODALITIES, RawInputs, RequestRejected, check_inputs, decode_base64, decode_inputs
-from .schemas import EmbedResponse, Embeddings, ErrorResponse, Health, PredictRequest, PredictResponse, \
-    TranscribeResponse, error_responses, request_body_schema
+from .schemas import EmbedBatchResponse, EmbedResponse, Embeddings, ErrorResponse, Health, PredictBatchResponse, \
+    PredictRequest, PredictResponse, TranscribeBatchResponse, TranscribeResponse, error_responses, request_body_schema
 
 log = logging.getLogger(__name__)
 DEADLINE_HEADER = "x-deadline-ms"
-_ROUTES = ("/v1/predict", "/v1/embed", "/v1/transcribe", "/livez", "/readyz", "/metrics", "/openapi.json", "/docs")
+_ROUTES = ("/v1/predict", "/v1/embed", "/v1/transcribe", "/livez", "/readyz", "/metrics", "/openapi.json", "/docs",
+           "/v1/models", "/v1/chat/completions", "/v1/embeddings", "/v1/audio/transcriptions", "/v2",
+           "/v2/health/live", "/v2/health/ready")
 
 
 class Service:
-    """The state behind the app: the run (once loaded), the queue's gate, the batchers, the drain flag."""
+    """The state behind the app: the model (once loaded), the queue's gate, the batchers, the drain flag."""
 
     def __init__(self, run: Run | str | Path, cfg: ServeConfig):
         self.cfg = cfg
         self.metrics = Metrics()
         self.admission = Admission(cfg.max_queue, self.metrics)
         self.run: Run | None = run if isinstance(run, Run) else None
-        self._source = None if isinstance(run, Run) else Path(run)
-        # an asr run or a Whisper folder is served at /v1/transcribe; anything else is a classifier run
-        self.transcriber = self._source is not None and inference.is_transcriber(self._source)
+        self._source = run if isinstance(run, Run) else Path(run)
+        # an asr run or a Whisper folder is a transcriber, an instruct run or a causal LM a chat model, anything
+        # else a classifier run (an align run answers embeddings only)
+        self.kind = inference.source_kind(run)
+        self.routes = _served_routes(self.kind, run)
+        self.backend: inference.Backend | None = None
         self.load_error: str | None = None
         self.draining = False
         self.batchers: dict[str, Batcher] = {}
@@ -66,6 +72,19 @@ class Service:
     @property
     def ready(self) -> bool:
         return bool(self.batchers) and not self.draining
+
+    @property
+    def model_name(self) -> str:
+        """The model's id on the OpenAI and v2 routes: the run folder's name (or the model reference)."""
+        return (self._source.path if isinstance(self._source, Run) else self._source).name or "model"
+
+    @property
+    def sample_rates(self) -> dict[str, int | None]:
+        return self.backend.sample_rates if self.backend is not None else {}
+
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        return self.backend.modalities if self.backend is not None else ()
 
     def status(self) -> tuple[str, str | None]:
         if self.load_error:
@@ -77,29 +96,23 @@ class Service:
         return "ready", None
 
     async def start(self) -> None:
-        """Load the run (in the inference thread, so the loop already answers /livez and /readyz) and start batching."""
+        """Load the model (in the inference thread, so the loop already answers /livez and /readyz) and start
+        batching."""
         loop = asyncio.get_running_loop()
         try:
             if self.cfg.threads is not None:
                 import torch
 
                 await loop.run_in_executor(self._executor, torch.set_num_threads, self.cfg.threads)
-            if self.transcriber:
-                recognizer = await loop.run_in_executor(self._executor, inference.load_transcriber, self._source)
-            elif self.run is None:
-                self.run = await loop.run_in_executor(self._executor, load_run, self._source)
+            self.backend = await loop.run_in_executor(self._executor, inference.load_backend, self._source,
+                                                      self.cfg.bucket_size)
         except Exception as e:
-            log.exception("loading the run failed")
-            self.load_error = f"loading {self._source} failed: {e}"
+            log.exception("loading the model failed")
+            self.load_error = f"loading {self.model_name} failed: {e}"
             return
-        if self.transcriber:
-            self.sample_rates = {"audio": 16_000}
-            routes = {"transcribe": partial(inference.transcribe_batch, recognizer)}
-        else:
-            self.sample_rates = inference.sample_rates(self.run)
-            routes = {"predict": partial(inference.predict_batch, self.run, bucket_size=self.cfg.bucket_size),
-                      "embed": partial(inference.embed_batch, self.run)}
-        for name, fn in routes.items():
+        if self.kind == "classifier":
+            self.run = self.backend.model
+        for name, fn in self.backend.fns.items():
             b = Batcher(name, fn, self._executor, self.cfg.max_batch_size, self.cfg.max_delay_ms, self.metrics)
             self._tasks.append(asyncio.create_task(b.run(), name=f"polymodal-batcher-{name}"))
             self.batchers[name] = b
@@ -110,27 +123,41 @@ class Service:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    @property
-    def modalities(self) -> tuple[str, ...]:
-        if self.transcriber:
-            return ("audio",)
-        assert self.run is not None
-        return tuple(m for m in MODALITIES if m in self.run.model.encoders)
+    def not_served(self, path: str) -> RequestRejected:
+        """The 404 of a route this model does not answer, naming the routes it does."""
+        what = {"transcriber": "a speech recogniser", "chat": "a chat model", "classifier": "a classifier run"}[self.kind]
+        served = ", ".join(ROUTE_PATHS[r] for r in self.routes)
+        return RequestRejected(404, "not_served", f"{path} is not served here: this service runs {what} ({served})")
 
     async def handle(self, request: Request, route: str) -> Any:
-        """Parse, check, decode and batch one admitted request; the result of the route's batch function."""
+        """Parse, check, decode and batch one admitted request: the result of the route's batch function, or for a
+        batched request (several examples) a ``Many`` of them."""
         if route not in self.batchers:
-            served = ", ".join(f"/v1/{r}" for r in self.batchers)
-            what = "a speech recogniser" if self.transcriber else "a classifier run"
-            raise RequestRejected(404, "not_served", f"/v1/{route} is not served here: this service runs {what} "
-                                                     f"({served})")
+            raise self.not_served(f"/v1/{route}")
         ticket, deadline = request.state.ticket, request.state.deadline
         raw = await read_inputs(request)
+        if isinstance(raw, list):
+            return await submit_many(self, raw, route, ticket, deadline, _decode)
         check_inputs(raw, self.modalities, self.cfg)
         decoded = await run_in_threadpool(_decode, raw, self.cfg, self.sample_rates)
         if time.monotonic() >= deadline:
             raise DeadlineExceeded
         return await self.batchers[route].submit(decoded, ticket, deadline)
+
+
+# route name -> path, of the routes that depend on what is served (the OpenAPI page lists only those served)
+ROUTE_PATHS = {"predict": "/v1/predict", "embed": "/v1/embed", "embeddings": "/v1/embeddings",
+               "transcribe": "/v1/transcribe", "transcriptions": "/v1/audio/transcriptions",
+               "chat": "/v1/chat/completions"}
+
+
+def _served_routes(kind: str, run: Run | str | Path) -> tuple[str, ...]:
+    if kind == "transcriber":
+        return ("transcribe", "transcriptions")
+    if kind == "chat":
+        return ("chat",)
+    task = run.task if isinstance(run, Run) else run_folder.run_task(run) if run_folder.is_run(run) else "classify"
+    return ("embed", "embeddings") if task == "align" else ("predict", "embed", "embeddings")
 
 
 def _decode(raw: RawInputs, cfg: ServeConfig, rates: dict[str, int | None]) -> dict[str, Any]:
@@ -144,8 +171,9 @@ def _decode(raw: RawInputs, cfg: ServeConfig, rates: dict[str, int | None]) -> d
         raise RequestRejected(422, "undecodable_media", f"the media could not be decoded ({type(e).__name__}: {e})") from e
 
 
-async def read_inputs(request: Request) -> RawInputs:
-    """The request body (JSON with base64 media, or multipart uploads) -> ``RawInputs``.
+async def read_inputs(request: Request) -> RawInputs | list[RawInputs]:
+    """The request body (JSON with base64 media, or multipart uploads) -> ``RawInputs``; a batched JSON body
+    (``{"instances": [...]}``, ``{"inputs": [...]}`` or a list, see ``batch_api``) -> one per example.
 
     Raises:
         RequestRejected: 415 for another content type, 422 for a malformed body.
@@ -153,8 +181,12 @@ async def read_inputs(request: Request) -> RawInputs:
     """
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "application/json":
+        data = await request.body()
+        many = parse_many(data)
+        if many is not None:
+            return many
         try:
-            body = PredictRequest.model_validate_json(await request.body())
+            body = PredictRequest.model_validate_json(data)
         except ValidationError as e:
             raise RequestValidationError(e.errors(include_url=False, include_context=False)) from None
         return RawInputs(body.text, *(None if v is None else decode_base64(v, f) for f, v in
@@ -181,6 +213,11 @@ async def read_inputs(request: Request) -> RawInputs:
                           f"content type {ctype or '(none)'}: send application/json or multipart/form-data")
 
 
+def _prediction(labels: list[str], probs: list[float]) -> PredictResponse:
+    best = max(range(len(probs)), key=probs.__getitem__)
+    return PredictResponse(label=labels[best], probabilities=dict(zip(labels, probs)))
+
+
 def _error(status: int, kind: str, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"detail": detail, "kind": kind}, status_code=status, headers=headers)
 
@@ -202,7 +239,7 @@ class Gate:
             return
         start = time.perf_counter()
         path = scope["path"]
-        route = path if path in _ROUTES else "other"
+        route = path if path in _ROUTES else "/v2/models/{name}/infer" if _is_v2_infer(path) else "other"
         status = 500
 
         async def send_status(message: dict) -> None:
@@ -212,7 +249,7 @@ class Gate:
             await send(message)
 
         try:
-            if path.startswith("/v1/"):
+            if path.startswith("/v1/") or _is_v2_infer(path):
                 await self._gated(scope, receive, send_status)
             else:
                 await self.app(scope, receive, send_status)
@@ -263,6 +300,10 @@ class Gate:
             await self.app(scope, _replay(body, receive), send)
         finally:
             ticket.finish()
+
+
+def _is_v2_infer(path: str) -> bool:
+    return path.startswith("/v2/models/") and path.endswith("/infer")
 
 
 async def _disconnected() -> dict:
@@ -351,31 +392,37 @@ def create_app(run: Run | str | Path, cfg: ServeConfig = ServeConfig()) -> FastA
         return _error(500, "inference_failed", f"{e}; the server log has the traceback")
 
     codes = (401, 404, 413, 415, 422, 429, 500, 503, 504)
+    batched = ' (several: {"instances": [...]}, {"inputs": [...]} or a JSON list)'
 
-    # The OpenAPI page lists only what this run serves; the others still answer, with a 404 that says what is served.
-    served = ("transcribe",) if service.transcriber else ("predict", "embed")
-
-    @app.post("/v1/predict", response_model=PredictResponse, responses=error_responses(*codes),
-              openapi_extra={"requestBody": body, "security": secured}, summary="class probabilities of one example",
-              include_in_schema="predict" in served)
-    async def predict(request: Request) -> PredictResponse:
+    @app.post("/v1/predict", response_model=PredictResponse | PredictBatchResponse, responses=error_responses(*codes),
+              openapi_extra={"requestBody": body, "security": secured},
+              summary="class probabilities of an example" + batched, include_in_schema="predict" in service.routes)
+    async def predict(request: Request) -> PredictResponse | PredictBatchResponse:
         probs = await service.handle(request, "predict")
         labels = service.run.labels
-        best = max(range(len(probs)), key=probs.__getitem__)
-        return PredictResponse(label=labels[best], probabilities=dict(zip(labels, probs)))
+        if isinstance(probs, Many):
+            return PredictBatchResponse(predictions=[_prediction(labels, p) for p in probs])
+        return _prediction(labels, probs)
 
-    @app.post("/v1/embed", response_model=EmbedResponse, responses=error_responses(*codes),
-              openapi_extra={"requestBody": body, "security": secured}, summary="pooled embeddings per modality",
-              include_in_schema="embed" in served)
-    async def embed(request: Request) -> EmbedResponse:
-        return EmbedResponse(embeddings=Embeddings(**await service.handle(request, "embed")))
-
-    @app.post("/v1/transcribe", response_model=TranscribeResponse, responses=error_responses(*codes),
+    @app.post("/v1/embed", response_model=EmbedResponse | EmbedBatchResponse, responses=error_responses(*codes),
               openapi_extra={"requestBody": body, "security": secured},
-              summary="the transcript of one audio clip (an asr run or a Whisper model)",
-              include_in_schema="transcribe" in served)
-    async def transcribe(request: Request) -> TranscribeResponse:
-        return TranscribeResponse(**await service.handle(request, "transcribe"))
+              summary="embeddings per modality (an align run: its joint space)" + batched,
+              include_in_schema="embed" in service.routes)
+    async def embed(request: Request) -> EmbedResponse | EmbedBatchResponse:
+        result = await service.handle(request, "embed")
+        if isinstance(result, Many):
+            return EmbedBatchResponse(embeddings=[Embeddings(**r) for r in result])
+        return EmbedResponse(embeddings=Embeddings(**result))
+
+    @app.post("/v1/transcribe", response_model=TranscribeResponse | TranscribeBatchResponse,
+              responses=error_responses(*codes), openapi_extra={"requestBody": body, "security": secured},
+              summary="the transcript of an audio clip (an asr run or a Whisper model)" + batched,
+              include_in_schema="transcribe" in service.routes)
+    async def transcribe(request: Request) -> TranscribeResponse | TranscribeBatchResponse:
+        result = await service.handle(request, "transcribe")
+        if isinstance(result, Many):
+            return TranscribeBatchResponse(transcripts=[TranscribeResponse(**r) for r in result])
+        return TranscribeResponse(**result)
 
     @app.get("/livez", response_model=Health, summary="the process is up")
     async def livez() -> Health:
@@ -394,6 +441,8 @@ def create_app(run: Run | str | Path, cfg: ServeConfig = ServeConfig()) -> FastA
         data, ctype = service.metrics.exposition()
         return Response(data, media_type=ctype)
 
+    openai_api.register(app, service, _decode, secured)
+    v2_api.register(app, service, _decode)
     _add_security_scheme(app, cfg)
     return app
 

@@ -26,6 +26,12 @@ class PredictResponse(BaseModel):
     probabilities: dict[str, float] = Field(description="label -> probability; they sum to 1")
 
 
+class PredictBatchResponse(BaseModel):
+    """One prediction per example of a batched request, in order."""
+
+    predictions: list[PredictResponse]
+
+
 class Embeddings(BaseModel):
     """Pooled encoder outputs of the modalities given; a modality not given is absent (null)."""
 
@@ -36,6 +42,10 @@ class Embeddings(BaseModel):
 
 class EmbedResponse(BaseModel):
     embeddings: Embeddings
+
+
+class EmbedBatchResponse(BaseModel):
+    embeddings: list[Embeddings] = Field(description="one per example of the batched request, in order")
 
 
 class TranscriptSegment(BaseModel):
@@ -50,6 +60,10 @@ class TranscribeResponse(BaseModel):
     text: str = Field(description="the whole transcript; empty when no speech was recognised")
     segments: list[TranscriptSegment] = Field(description="timed pieces of the transcript")
     duration_s: float = Field(description="length of the audio in seconds")
+
+
+class TranscribeBatchResponse(BaseModel):
+    transcripts: list[TranscribeResponse] = Field(description="one per clip of the batched request, in order")
 
 
 class ErrorResponse(BaseModel):
@@ -102,7 +116,7 @@ def request_body_schema(cfg: Any = None) -> dict[str, Any]:
     return {
         "required": True,
         "content": {
-            "application/json": {"schema": json_schema},
+            "application/json": {"schema": {"anyOf": [json_schema, _batch_schema(json_schema, cfg.max_batch_size)]}},
             "multipart/form-data": {
                 "schema": {"type": "object", "additionalProperties": False,
                            "properties": {"text": text, **upload}},
@@ -113,11 +127,23 @@ def request_body_schema(cfg: Any = None) -> dict[str, Any]:
     }
 
 
+def _batch_schema(one: dict[str, Any], most: int) -> dict[str, Any]:
+    """The batched body: ``{"instances": [...]}``, ``{"inputs": [...]}`` or a list, of examples or plain texts."""
+    example = {"anyOf": [{k: v for k, v in one.items() if k not in ("examples", "title")}, {"type": "string"}]}
+    many = {"type": "array", "items": example, "minItems": 1, "maxItems": most,
+            "description": f"at most {most} examples (serve --max-batch-size); each passes a single example's checks"}
+    return {"anyOf": [{"type": "object", "additionalProperties": False, "required": ["instances"],
+                       "properties": {"instances": many}},
+                      {"type": "object", "additionalProperties": False, "required": ["inputs"],
+                       "properties": {"inputs": {"anyOf": [many, example]}}},
+                      many]}
+
+
 def error_responses(*codes: int) -> dict[int | str, dict[str, Any]]:
     """OpenAPI ``responses`` entries for these status codes, all with the ErrorResponse body."""
     why = {
         401: "missing or wrong bearer token", 404: "this service does not serve that route (a classifier has no "
-                                                  "/v1/transcribe, a recogniser no /v1/predict)", 413: "body, text, image pixels or audio length over a limit",
+                                                  "/v1/transcribe, a recogniser no /v1/predict), or that model", 413: "body, text, image pixels or audio length over a limit",
         415: "neither JSON nor multipart", 422: "invalid request or media (corrupt, truncated, format not allowed)",
         429: "queue full; retry after Retry-After seconds", 500: "the model failed on an input that passed every check",
         503: "model loading, or server draining", 504: "the request deadline passed",
