@@ -52,17 +52,19 @@ _ROUTES = ("/v1/predict", "/v1/embed", "/v1/transcribe", "/livez", "/readyz", "/
 class Service:
     """The state behind the app: the model (once loaded), the queue's gate, the batchers, the drain flag."""
 
-    def __init__(self, run: Run | str | Path, cfg: ServeConfig):
+    def __init__(self, run: Run | inference.Backend | str | Path, cfg: ServeConfig):
         self.cfg = cfg
         self.metrics = Metrics()
         self.admission = Admission(cfg.max_queue, self.metrics)
-        self.run: Run | None = run if isinstance(run, Run) else None
-        self._source = run if isinstance(run, Run) else Path(run)
+        # already loaded (a Backend: the replicas of serve.on_ray load before they take traffic), or loaded by start()
+        self.backend: inference.Backend | None = run if isinstance(run, inference.Backend) else None
+        source = self.backend.source if self.backend is not None else run
+        self.run: Run | None = source if isinstance(source, Run) else None
+        self._source = source if isinstance(source, Run) else Path(source)
         # an asr run or a Whisper folder is a transcriber, an instruct run or a causal LM a chat model, anything
         # else a classifier run (an align run answers embeddings only)
-        self.kind = inference.source_kind(run)
-        self.routes = _served_routes(self.kind, run)
-        self.backend: inference.Backend | None = None
+        self.kind = inference.source_kind(source)
+        self.routes = _served_routes(self.kind, source)
         self.load_error: str | None = None
         self.draining = False
         self.batchers: dict[str, Batcher] = {}
@@ -104,8 +106,9 @@ class Service:
                 import torch
 
                 await loop.run_in_executor(self._executor, torch.set_num_threads, self.cfg.threads)
-            self.backend = await loop.run_in_executor(self._executor, inference.load_backend, self._source,
-                                                      self.cfg.bucket_size)
+            if self.backend is None:
+                self.backend = await loop.run_in_executor(self._executor, inference.load_backend, self._source,
+                                                          self.cfg.bucket_size)
         except Exception as e:
             log.exception("loading the model failed")
             self.load_error = f"loading {self.model_name} failed: {e}"
@@ -356,8 +359,9 @@ def _replay(body: bytes, receive: Any) -> Any:
     return replayed
 
 
-def create_app(run: Run | str | Path, cfg: ServeConfig = ServeConfig()) -> FastAPI:
-    """The service of a run: a loaded ``Run``, or a run folder loaded in the background after start-up.
+def create_app(run: Run | inference.Backend | str | Path, cfg: ServeConfig = ServeConfig()) -> FastAPI:
+    """The service of a run: a loaded ``Run`` or ``inference.Backend``, or a run folder, Whisper folder or causal
+    LM reference loaded in the background after start-up.
 
     ``/readyz`` answers 503 until the model is loaded, and again once ``Service.draining`` is set.
     """

@@ -54,6 +54,7 @@ class Backend:
     """A loaded model: its batch functions by call name, and what its inputs need."""
 
     kind: str
+    source: Any  # what was loaded: a Run, or a folder or model reference
     fns: dict[str, Callable[[list[Any]], list[Any]]]
     model: Any  # the Run, Transcriber or InstructRun
     sample_rates: dict[str, int | None] = field(default_factory=dict)  # modality -> waveform rate (None: no audio)
@@ -78,14 +79,14 @@ def load_backend(source: Run | str | os.PathLike, bucket_size: int = 0) -> Backe
     kind = source_kind(source)
     if kind == "transcriber":
         rec = load_transcriber(source)
-        return Backend(kind, {"transcribe": partial(transcribe_batch, rec)}, rec, rec.sample_rates(), ("audio",))
+        return Backend(kind, source, {"transcribe": partial(transcribe_batch, rec)}, rec, rec.sample_rates(), ("audio",))
     if kind == "chat":
         from ..instruct.model import load_instruct
 
         lm = load_instruct(source)
         lm.merge()
         rates = {m: 16_000 if m == "audio" else None for m in lm.encoder_configs}
-        return Backend(kind, {"chat": partial(chat_batch, lm)}, lm, rates,
+        return Backend(kind, source, {"chat": partial(chat_batch, lm)}, lm, rates,
                        ("text", *(m for m in MODALITIES if m in lm.encoder_configs)), tokenizer=lm.tokenizer)
     run = source if isinstance(source, Run) else load_run(source)
     is_align = run.task == "align"
@@ -93,7 +94,7 @@ def load_backend(source: Run | str | os.PathLike, bucket_size: int = 0) -> Backe
     if not is_align:
         fns = {"predict": partial(predict_batch, run, bucket_size=bucket_size), **fns}
     text = run.model.encoders["text"] if "text" in run.model.encoders else None
-    return Backend(kind, fns, run, run.sample_rates(), tuple(m for m in MODALITIES if m in run.model.encoders),
+    return Backend(kind, source, fns, run, run.sample_rates(), tuple(m for m in MODALITIES if m in run.model.encoders),
                    is_align, getattr(text, "tokenizer", None))
 
 
