@@ -197,7 +197,7 @@ def test_align_run_embeds_in_its_joint_space(tmp_path, tiny_model_dir):
 
 @pytest.fixture(scope="module")
 def chat_server(tiny_model_dir):
-    srv = _serve(tiny_model_dir("chat_llama"), max_batch_size=8)
+    srv = _serve(tiny_model_dir("chat_llama"), max_batch_size=8, max_new_tokens=16)
     yield srv
     srv.stop()
 
@@ -243,12 +243,39 @@ def test_concurrent_chats_are_batched_and_answer_as_alone(chat_server, tiny_mode
      "UnprocessableEntityError", "takes no image"),
     (dict(messages=[{"role": "user", "content": "hi"}], max_tokens=0), "UnprocessableEntityError", "max_tokens"),
     (dict(messages=[{"role": "user", "content": "x" * 30_000}]), "APIStatusError", "characters"),
+    (dict(messages=[{"role": "user", "content": "hi"}], max_tokens=17), "UnprocessableEntityError", "at most 16"),
 ])
 def test_bad_chat_requests_are_4xx_with_a_message(chat_server, tiny_model_dir, kwargs, error, says):
     client = _client(chat_server)
     with pytest.raises(getattr(openai, error)) as e:
         client.chat.completions.create(model=tiny_model_dir("chat_llama").name, **kwargs)
     assert 400 <= e.value.status_code < 500 and says in e.value.body["detail"]
+
+
+def test_chat_model_answers_tritonclient_and_its_routes_fuzz_without_server_errors(chat_server, tiny_model_dir):
+    name = tiny_model_dir("chat_llama").name
+    client = triton.InferenceServerClient(chat_server.url.removeprefix("http://"), network_timeout=60)
+    text = triton.InferInput("TEXT", [2], "BYTES")
+    text.set_data_from_numpy(np.array([b"paris?", b"hello there"], dtype=np.object_))
+    got = [t.decode() if isinstance(t, bytes) else t
+           for t in client.infer(name, [text], headers=dict(AUTH)).as_numpy("TEXT")]
+    alone = [_client(chat_server).chat.completions.create(
+        model=name, messages=[{"role": "user", "content": q}], max_tokens=16, temperature=0).choices[0].message.content
+        for q in ("paris?", "hello there")]
+    assert got == alone  # the v2 route answers with the run's default decoding (greedy) up to the server's limit
+    schema = schemathesis.openapi.from_url(chat_server.url + "/openapi.json")
+    ops = [r.ok() for r in schema.get_all_operations()]
+    ops = [op for op in ops if op.path in ("/v1/chat/completions", "/v2/models/{name}/infer", "/v1/models")]
+    assert {op.path for op in ops} == {"/v1/chat/completions", "/v2/models/{name}/infer", "/v1/models"}
+    for op in ops:
+        @given(case=op.as_strategy())
+        @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+                  database=None)
+        def no_server_error(case):
+            response = case.call(base_url=chat_server.url, headers=AUTH, timeout=120)
+            assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:500])
+
+        no_server_error()
 
 
 def test_multimodal_instruct_run_takes_image_parts(tmp_path, tiny_model_dir):
@@ -345,5 +372,18 @@ def test_a_recogniser_answers_the_openai_client_tritonclient_and_batches(asr_mod
         with pytest.raises(openai.NotFoundError) as e:
             r(model=name, input="x")
         assert "speech recogniser" in e.value.body["detail"]
+        schema = schemathesis.openapi.from_url(srv.url + "/openapi.json")
+        ops = [r.ok() for r in schema.get_all_operations()]
+        ops = [op for op in ops if op.path in ("/v1/audio/transcriptions", "/v1/transcribe", "/v2/models/{name}/infer")]
+        assert len(ops) == 3
+        for op in ops:
+            @given(case=op.as_strategy())
+            @settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+                      database=None)
+            def no_server_error(case):
+                response = case.call(base_url=srv.url, headers=AUTH, timeout=120)
+                assert response.status_code < 500, (case.method, case.path, response.status_code, response.text[:500])
+
+            no_server_error()
     finally:
         srv.stop()

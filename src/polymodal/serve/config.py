@@ -31,6 +31,7 @@ class ServeConfig:
     max_aspect_ratio: float = 20.0  # long side / short side: resizing a thin strip's short side would blow it up
     max_audio_seconds: float = 60.0  # per audio clip, read from the header before decoding
     max_text_chars: int = 20_000  # per text; the encoder truncates to its token limit anyway
+    max_new_tokens: int = 512  # chat: the most tokens a request may ask to generate (max_tokens); above it a 422
     image_formats: tuple[str, ...] = IMAGE_FORMATS  # accepted image containers, by their leading bytes
     audio_formats: tuple[str, ...] = AUDIO_FORMATS  # accepted audio containers, by their leading bytes
     api_key: str | None = None  # bearer token required on /v1 routes; None: open
@@ -55,6 +56,7 @@ class ServeConfig:
             (self.max_aspect_ratio >= 1, "max_aspect_ratio", "must be at least 1"),
             (self.max_audio_seconds > 0, "max_audio_seconds", "must be positive"),
             (self.max_text_chars >= 1, "max_text_chars", "must be at least 1"),
+            (self.max_new_tokens >= 1, "max_new_tokens", "must be at least 1"),
             (set(self.image_formats) <= set(IMAGE_FORMATS), "image_formats", f"must be among {', '.join(IMAGE_FORMATS)}"),
             (set(self.audio_formats) <= set(AUDIO_FORMATS), "audio_formats", f"must be among {', '.join(AUDIO_FORMATS)}"),
             (self.api_key is None or len(self.api_key) >= 8, "api_key", "must be at least 8 characters"),

@@ -144,9 +144,8 @@ def register(app: FastAPI, service: Any, decode: Callable[..., dict[str, Any]], 
 
     @app.post("/v1/chat/completions", responses=error_responses(*_CODES), summary="answer a conversation "
               "(OpenAI-compatible; stream: server-sent events)", include_in_schema="chat" in service.routes,
-              openapi_extra={
-                  **extra, "requestBody": {"required": True, "content": {"application/json": {
-                      "schema": ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
+              openapi_extra={**extra, "requestBody": {"required": True, "content": {"application/json": {
+                  "schema": _chat_schema(service.cfg.max_new_tokens)}}}})
     async def chat(request: Request) -> Response:
         route("chat")
         body: ChatRequest = await parse(request, ChatRequest)
@@ -154,7 +153,7 @@ def register(app: FastAPI, service: Any, decode: Callable[..., dict[str, Any]], 
         tmp = Path(tempfile.mkdtemp(prefix="polymodal-chat-"))  # the attachments, until the answer is generated
         try:
             turns = await run_in_threadpool(_turns, body, service, decode, tmp)
-            item = ChatItem(turns, _options(body, service.backend.model.defaults))
+            item = ChatItem(turns, _options(body, service.backend.model.defaults, service.cfg.max_new_tokens))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -253,11 +252,24 @@ def register(app: FastAPI, service: Any, decode: Callable[..., dict[str, Any]], 
                              "duration": r["duration_s"], "text": r["text"], "segments": segments})
 
 
-def _options(body: ChatRequest, defaults: dict[str, Any]) -> Any:
+def _chat_schema(most_tokens: int) -> dict[str, Any]:
+    """ChatRequest's schema with this server's token limit."""
+    schema = ChatRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    for name in ("max_tokens", "max_completion_tokens"):
+        for option in schema["properties"][name].get("anyOf", []):
+            if option.get("type") == "integer":
+                option["maximum"] = most_tokens
+    return schema
+
+
+def _options(body: ChatRequest, defaults: dict[str, Any], most_tokens: int) -> Any:
     from ..instruct.generate import GenerationOptions
 
-    return GenerationOptions(max_new_tokens=body.max_completion_tokens or body.max_tokens
-                             or defaults.get("max_new_tokens", 256),
+    asked = body.max_completion_tokens or body.max_tokens
+    if asked is not None and asked > most_tokens:
+        raise RequestRejected(422, "too_many_tokens", f"max_tokens: at most {most_tokens} on this server (serve "
+                                                      f"--max-new-tokens), got {asked}")
+    return GenerationOptions(max_new_tokens=asked or min(defaults.get("max_new_tokens", 256), most_tokens),
                              temperature=body.temperature if body.temperature is not None
                              else defaults.get("temperature", 0.0),
                              top_p=body.top_p if body.top_p is not None else defaults.get("top_p", 1.0),

@@ -274,7 +274,8 @@ def _chat_item(service: Any, raw: RawInputs) -> Any:
 
     check_inputs(raw, ("text",), service.cfg)
     d = service.backend.model.defaults
-    return ChatItem([Turn("user", raw.text)], GenerationOptions(max_new_tokens=d.get("max_new_tokens", 256),
+    return ChatItem([Turn("user", raw.text)], GenerationOptions(max_new_tokens=min(d.get("max_new_tokens", 256),
+                                                                                   service.cfg.max_new_tokens),
                                                                 temperature=d.get("temperature", 0.0),
                                                                 top_p=d.get("top_p", 1.0)))
 

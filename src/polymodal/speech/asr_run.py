@@ -65,11 +65,15 @@ class AsrRun(Transcriber):
         return make_splits(manifest, self.config.data, labelled=False).test
 
 
+BUNDLED_WHISPER = ("whisper-base", "whisper-base-hf")  # resolver names of the bundled Whisper (models._resolver)
+
+
 def is_transcriber(source: str | Path) -> bool:
-    """Whether ``source`` transcribes speech: an asr run, or a Whisper folder (faster-whisper or transformers)."""
+    """Whether ``source`` transcribes speech: an asr run, a Whisper folder (faster-whisper or transformers), or the
+    bundled Whisper's name."""
     path = Path(source)
     if not path.is_dir():
-        return False
+        return str(source) in BUNDLED_WHISPER
     if run_folder.is_run(path):
         return run_folder.run_task(path) == "asr"
     return _is_ct2_dir(path) or _is_hf_whisper_dir(path)
@@ -85,6 +89,10 @@ def load_transcriber(source: str | Path) -> Transcriber:
     from .engines import TransformersRecognizer, build_recognizer
 
     path = Path(source)
+    if str(source) in BUNDLED_WHISPER and not path.exists():
+        from ..models import resolve_model
+
+        path = resolve_model(source)
     if run_folder.is_run(path):
         if run_folder.run_task(path) != "asr":
             raise PolymodalError(f"{path}: a {run_folder.run_task(path)} run; speech is transcribed by asr runs")
