@@ -189,6 +189,14 @@ def test_align_run_embeds_in_its_joint_space(tmp_path, tiny_model_dir):
         assert "/v1/embeddings" in paths and "/v1/predict" not in paths
         img = httpx.post(srv.url + "/v1/embed", headers=AUTH, json={"image": _b64(_png())}).json()["embeddings"]["image"]
         assert len(img) == 8 and abs(np.linalg.norm(img) - 1) < 1e-4
+        # tritonclient: TEXT and IMAGE in, the joint-space EMBEDDING_TEXT / EMBEDDING_IMAGE out
+        client = triton.InferenceServerClient(srv.url.removeprefix("http://"), network_timeout=60)
+        inputs = [triton.InferInput("TEXT", [2], "BYTES"), triton.InferInput("IMAGE", [2], "BYTES")]
+        inputs[0].set_data_from_numpy(np.array([b"a red square", b"a blue circle"], dtype=np.object_))
+        inputs[1].set_data_from_numpy(np.array([_png(), _png()], dtype=np.object_))
+        result = client.infer(run.name, inputs, headers=dict(AUTH))
+        np.testing.assert_allclose(result.as_numpy("EMBEDDING_TEXT"), vecs, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(result.as_numpy("EMBEDDING_IMAGE")[0], img, rtol=1e-4, atol=1e-5)
     finally:
         srv.stop()
 

@@ -36,6 +36,22 @@ def on_ray(run_dir):
         ray.shutdown()
 
 
+def test_replica_options_reach_ray(run_dir):
+    from polymodal.errors import ConfigError
+    from polymodal.serve.on_ray import RayOptions, application
+
+    cfg = ServeConfig(max_queue=16, max_batch_size=8, drain_timeout_s=12)
+    fixed = application(run_dir, cfg, RayOptions(replicas=3))._bound_deployment
+    assert fixed.num_replicas == 3 and fixed._deployment_config.max_ongoing_requests == 24
+    assert fixed._deployment_config.max_queued_requests == 16
+    assert fixed._deployment_config.graceful_shutdown_timeout_s == 12
+    scaled = application(run_dir, cfg, RayOptions(min_replicas=1, max_replicas=4))._bound_deployment
+    auto = scaled._deployment_config.autoscaling_config
+    assert (auto.min_replicas, auto.max_replicas, auto.target_ongoing_requests) == (1, 4, 8.0)
+    with pytest.raises(ConfigError, match="min <= max"):
+        RayOptions(min_replicas=3, max_replicas=2)
+
+
 def _replica_pids(url: str, n: int = 40) -> set[int]:
     return {httpx.get(url + "/readyz", timeout=30).json()["pid"] for _ in range(n)}
 
