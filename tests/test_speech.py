@@ -361,7 +361,10 @@ def test_cli_transcribes_a_batch_with_the_bundled_model(whisper_base, shared_dat
     assert data[1]["error_kind"] == "corrupt_audio"
     segs = data[0]["segments"]
     assert len(segs) == 2 and segs[0]["start_s"] < where[0][1] < segs[1]["start_s"]
-    assert "4" in segs[0]["text"] and "8" in segs[1]["text"], segs  # clips that zero-shot Whisper base gets right
+    from polymodal.eval.asr import text_normalizer
+
+    norm = text_normalizer("whisper-en")  # "eight" and "8" are the same word
+    assert "4" in norm(segs[0]["text"]) and "8" in norm(segs[1]["text"]), segs  # clips zero-shot Whisper base gets right
     srt = (tmp_path / "srt" / "two digits.srt").read_text()
     assert srt.startswith("1\n00:00:0") and "\n\n2\n" in srt
 
@@ -723,3 +726,26 @@ def test_init_writes_an_asr_config_that_loads(tmp_path):
     assert cfg.asr.model == "whisper-base-hf" and cfg.asr.text_column == "text"
     (tmp_path / "x.csv").write_text("image\na.png\n")
     assert main(["init", str(tmp_path / "x.csv"), "--task", "asr", "--out", str(tmp_path / "d.yaml")]) == 2
+
+
+@pytest.mark.real_model
+@pytest.mark.shared_data
+def test_short_clips_are_encoded_in_a_shortened_window(whisper_base, shared_data, monkeypatch):
+    """The default recogniser encodes a clip under 30 s in a window of its length + 1 s, at least 10 s (not 30 s,
+    bench/results/whisper_window.md), without faster-whisper's own 30 s ``transcribe``; a loop-like answer falls
+    back to it; ``min_window_s=None`` keeps the full window."""
+    from polymodal.data.audio import load_audio
+    from polymodal.speech import build_recognizer
+    from polymodal.speech.engines import _compression_ratio
+
+    rec = build_recognizer("whisper-base")
+    assert [rec.window_seconds(s) for s in (0.5, 12.0, 29.5, 45.0)] == [10.0, 13.0, 30.0, 30.0]
+    full = build_recognizer("whisper-base", min_window_s=None)
+    assert full.window_seconds(0.5) == 30.0
+    rows = _test_rows(shared_data, every=60)
+    waves = [load_audio(_fsdd(shared_data) / r["audio"]) for r in rows]
+    called = []
+    monkeypatch.setattr(rec.model, "transcribe", lambda *a, **k: called.append(1) or ([], None))
+    texts = rec.decode(waves)
+    assert len(called) == rec.fallbacks <= 1 and sum(bool(t) for t in texts) >= len(waves) - 1
+    assert _compression_ratio("one " * 30) > 2.4 > _compression_ratio("It is a truth universally acknowledged.")

@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--language", default="en", help="spoken language as an ISO code (default en); 'auto' detects it")
     p.add_argument("--beam-size", type=int, default=1, help="beam width; 1 (default) is greedy decoding")
     p.add_argument("--no-vad", action="store_true", help="do not run VAD; cut audio into fixed 30 s windows")
+    p.add_argument("--full-window", action="store_true",
+                   help="faster-whisper: encode every chunk in Whisper's full 30 s window (default: a chunk under 30 s "
+                        "in a window of its length + 1 s, at least 10 s: 2.7-4.2x faster, see bench/results/whisper_window.md)")
     p.add_argument("--max-pause", type=float, default=3.0,
                    help="seconds of pause that start a new segment (default 3; smaller: finer timestamps)")
     p.add_argument("--max-seconds", type=float, help="refuse files longer than this (default 4 h)")
@@ -48,7 +51,8 @@ def run(args: argparse.Namespace) -> int:
         raise PolymodalError("give audio FILES, or --manifest M --out OUT")
     cfg = TranscribeConfig(model=args.model, engine=args.engine, compute_type=args.compute_type,
                            language=None if args.language == "auto" else args.language, beam_size=args.beam_size,
-                           vad=not args.no_vad, vad_config=VADConfig(max_pause_s=args.max_pause), max_seconds=args.max_seconds or MAX_TRANSCRIBE_SECONDS)
+                           vad=not args.no_vad, vad_config=VADConfig(max_pause_s=args.max_pause), max_seconds=args.max_seconds or MAX_TRANSCRIBE_SECONDS,
+                           **({"min_window_s": None} if args.full_window else {}))
     results = transcribe_files(args.files, cfg)
     if args.json_out:
         write_json(results, args.json_out)

@@ -13,7 +13,7 @@ import numpy as np
 
 from ..data.audio import SAMPLE_RATE_HZ, load_audio
 from ..errors import ConfigError, MediaError
-from .engines import COMPUTE_TYPES, ENGINES, Recognizer, build_recognizer
+from .engines import COMPUTE_TYPES, ENGINES, MIN_WINDOW_S, Recognizer, build_recognizer
 from .vad import VADConfig, Span, fixed_windows, merge_spans, speech_spans
 
 MAX_TRANSCRIBE_SECONDS = 4 * 3600.0  # 4 h of 16 kHz float32 is 920 MB in memory; longer files are refused
@@ -33,6 +33,8 @@ class TranscribeConfig:
     vad_config: VADConfig = field(default_factory=VADConfig)  # thresholds and chunk length of the VAD
     max_seconds: float = MAX_TRANSCRIBE_SECONDS  # longer files are refused with an audio_too_long error
     threads: int = 0  # CPU threads for faster-whisper; 0: torch's setting
+    min_window_s: float | None = MIN_WINDOW_S  # faster-whisper: a clip under 30 s is encoded in a window of its
+    # length + 1 s, at least this long (whisper.cpp's audio_ctx; bench/results/whisper_window.md); None: always 30 s
 
     def __post_init__(self):
         if self.engine not in ENGINES:
@@ -132,7 +134,8 @@ def transcribe_files(paths: list[str | os.PathLike], cfg: TranscribeConfig = Tra
     from tqdm.auto import tqdm
 
     if recognizer is None:
-        recognizer = build_recognizer(cfg.model, cfg.engine, cfg.compute_type, cfg.language, cfg.beam_size, cfg.threads)
+        recognizer = build_recognizer(cfg.model, cfg.engine, cfg.compute_type, cfg.language, cfg.beam_size, cfg.threads,
+                                      cfg.min_window_s)
     results = []
     for path in tqdm(paths, desc="transcribe", unit="file", disable=None if progress is None else not progress):
         try:
