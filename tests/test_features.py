@@ -181,3 +181,33 @@ def test_embed_texts_restores_input_order(bert_cfg):
     with torch.no_grad():
         one_by_one = torch.nn.functional.normalize(torch.cat([enc(enc.prepare([t])).pooled for t in texts]), dim=-1)
     torch.testing.assert_close(sorted_batches, one_by_one, atol=1e-5, rtol=1e-4)
+
+
+def test_audio_is_encoded_in_duration_sorted_batches_and_returned_in_input_order(tiny_model_dir, tmp_path):
+    """A variable-length audio encoder (wav2vec2) pads a batch to its longest clip: clips go in shortest first and
+    come back in input order, each equal to encoding it alone."""
+    from _media import sine, write_audio
+
+    cfg = EncoderConfig(str(tiny_model_dir("wav2vec2")))
+    seconds = (0.9, 0.2, 0.6, 0.3, 1.0, 0.4)
+    examples = []
+    for i, s in enumerate(seconds):
+        write_audio(tmp_path / f"c{i}.wav", sine(200 + 50 * i, 16_000, s), 16_000)
+        examples.append(Example(row=i + 1, audio=tmp_path / f"c{i}.wav", label="x"))
+    enc = build_encoder(cfg)
+    seen: list[int] = []
+    prepare = enc.prepare
+
+    def recording_prepare(items, train=False, rng=None):
+        seen.extend(len(w) for w in items)
+        return prepare(items, train=train, rng=rng)
+
+    enc.prepare = recording_prepare
+    feats = encode(cfg, examples, batch_size=2, cache=tmp_path / "cache", encoder=enc, progress=False)
+    assert seen == sorted(seen) and len(seen) == len(seconds)  # shortest first, every clip once
+    enc.prepare = prepare
+    from polymodal.data.audio import load_audio
+
+    with torch.no_grad():
+        alone = torch.cat([enc(enc.prepare([load_audio(e.audio, enc.sample_rate)])).pooled for e in examples])
+    torch.testing.assert_close(feats.pooled, alone, atol=1e-4, rtol=1e-3)

@@ -15,7 +15,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._paths import cache_dir, file_sha256, text_sha256
-from ..data.audio import load_audio
+from ..data.audio import load_audio, probe_audio
 from ..data.image import load_image
 from ..data.manifest import Example
 from ..errors import MediaError, PolymodalError
@@ -116,6 +116,15 @@ def encode(
 
 
 @torch.inference_mode()
+def _seconds(ex: Example) -> float:
+    """A clip's length from its header (0 where it cannot be read: loading it names the problem)."""
+    try:
+        info = probe_audio(ex.audio)
+        return info.frames / info.samplerate
+    except MediaError:
+        return 0.0
+
+
 def _run_encoder(encoder: Encoder, modality: str, examples: list[Example], keys: list[str], batch_size: int,
                  sequence: bool, store: FeatureCache | None, progress: bool) -> dict[str, dict[str, torch.Tensor]]:
     if getattr(encoder, "modality", modality) != modality:
@@ -123,8 +132,14 @@ def _run_encoder(encoder: Encoder, modality: str, examples: list[Example], keys:
     if isinstance(encoder, torch.nn.Module):
         encoder.eval()
     sample_rate = getattr(encoder, "sample_rate", None)
-    if modality == "text":  # length-sorted batches pad less; results are keyed by content, so order is restored
+    # Length-sorted batches pad less (text to the longest sentence, audio to the longest clip); results are keyed by
+    # content, so the caller's order is restored.
+    order = None
+    if modality == "text":
         order = length_order([ex.get("text") for ex in examples], getattr(encoder, "tokenizer", None))
+    elif modality == "audio":
+        order = sorted(range(len(examples)), key=[_seconds(ex) for ex in examples].__getitem__)
+    if order is not None:
         examples, keys = [examples[i] for i in order], [keys[i] for i in order]
     out: dict[str, dict[str, torch.Tensor]] = {}
     bar = tqdm(total=len(examples), desc=f"encoding {modality}", unit="item", disable=None if progress else True)

@@ -210,8 +210,9 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
                 scheduler.step()
                 global_step += 1
                 epoch_loss, epoch_steps = epoch_loss + total_loss, epoch_steps + 1
-                bar.set_postfix(loss=f"{total_loss:.4f}")
-                bar.update(1)
+                if not bar.disable:  # off the terminal the bar is disabled: skip formatting its postfix
+                    bar.set_postfix(loss=f"{total_loss:.4f}")
+                    bar.update(1)
                 pending.append(total_loss)
                 checkpoint_now = bool(cfg.optim.checkpoint_every) and global_step % cfg.optim.checkpoint_every == 0
                 # A row every N steps (a file write and a tracker call cost ~0.4 ms, a tenth of a small head's step),
