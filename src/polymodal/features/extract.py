@@ -115,7 +115,6 @@ def encode(
             store.close()
 
 
-@torch.inference_mode()
 def _seconds(ex: Example) -> float:
     """A clip's length from its header (0 where it cannot be read: loading it names the problem)."""
     try:
@@ -125,6 +124,7 @@ def _seconds(ex: Example) -> float:
         return 0.0
 
 
+@torch.inference_mode()
 def _run_encoder(encoder: Encoder, modality: str, examples: list[Example], keys: list[str], batch_size: int,
                  sequence: bool, store: FeatureCache | None, progress: bool) -> dict[str, dict[str, torch.Tensor]]:
     if getattr(encoder, "modality", modality) != modality:
