@@ -205,6 +205,7 @@ def test_audio_is_encoded_in_duration_sorted_batches_and_returned_in_input_order
     enc.prepare = recording_prepare
     feats = encode(cfg, examples, batch_size=2, cache=tmp_path / "cache", encoder=enc, progress=False)
     assert seen == sorted(seen) and len(seen) == len(seconds)  # shortest first, every clip once
+    assert feats.pooled.grad_fn is None and not feats.pooled.requires_grad  # encoded without autograd
     enc.prepare = prepare
     from polymodal.data.audio import load_audio
 
