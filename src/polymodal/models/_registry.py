@@ -31,9 +31,9 @@ class EncoderConfig:
     clip_seconds: float | None = None  # audio: pad or cut clips to this length; None: the encoder's default
     max_tokens: int = 128  # text: longer texts are truncated (and counted)
     augment: bool = True  # train-time augmentation when the encoder is fine-tuned (never at evaluation)
-    # Where frozen features are computed: torch | onnxruntime; unset: onnxruntime where the encoder exports
-    # (EfficientNet-Lite0, Hugging Face text and vision towers) and onnxruntime is installed, else torch.
-    # Training (full, LoRA, prompts) always runs torch.
+    # Where frozen features are computed: torch | onnxruntime (EfficientNet-Lite0, Hugging Face text and vision
+    # towers); unset: onnxruntime for efficientnet-lite0 (~7x faster, measured), torch otherwise. Training (full,
+    # LoRA, prompts) always runs torch.
     backend: str | None = None
 
     def __post_init__(self):
@@ -172,25 +172,23 @@ def build_encoder(cfg: EncoderConfig | str) -> Encoder:
     return HFAudioEncoder(path, clip_seconds=cfg.clip_seconds, augment=AudioAugment() if cfg.augment else None)
 
 
-# Encoders with an ONNX export (onnx_backend.exportable), decided from the config without loading weights.
-_ONNX_BUNDLED = ("minilm", "efficientnet-lite0")
+# Encoders whose frozen features default to ONNX Runtime, by measurement (bench/results/encode.md, 2 cores):
+# EfficientNet-Lite0 runs ~7x faster there than in torch eager. MiniLM does not (torch's SDPA on length-sorted
+# batches: ONNX Runtime on the dynamo export was 0.82x torch), so text stays on torch unless asked for.
+_ONNX_BY_DEFAULT = ("efficientnet-lite0",)
 
 
 def frozen_backend(cfg: EncoderConfig) -> str:
-    """The backend that computes this encoder's frozen features: ``cfg.backend``, or when unset onnxruntime for the
-    encoders it covers (where installed), else torch."""
-    if cfg.backend is not None:
-        if cfg.backend == "onnxruntime":
-            from .onnx_backend import onnxruntime_available
-
-            if not onnxruntime_available():
-                raise ConfigError("encoder.backend: onnxruntime needs the onnxruntime and onnxscript packages "
-                                  "(`pip install 'polymodal[export]'`), or set encoder.backend: torch")
-        return cfg.backend
+    """The backend that computes this encoder's frozen features: ``cfg.backend``, or when unset onnxruntime for
+    the encoders where it measured faster (``_ONNX_BY_DEFAULT``, where onnxruntime is installed), else torch."""
     from .onnx_backend import onnxruntime_available
 
-    covered = cfg.model in _ONNX_BUNDLED or (cfg.model not in BUNDLED and encoder_modality(cfg) in ("text", "image"))
-    return "onnxruntime" if covered and onnxruntime_available() else "torch"
+    if cfg.backend == "onnxruntime" and not onnxruntime_available():
+        raise ConfigError("encoder.backend: onnxruntime needs the onnxruntime, onnx and onnxscript packages "
+                          "(`pip install onnxruntime onnx onnxscript`), or set encoder.backend: torch")
+    if cfg.backend is not None:
+        return cfg.backend
+    return "onnxruntime" if cfg.model in _ONNX_BY_DEFAULT and onnxruntime_available() else "torch"
 
 
 def build_frozen_encoder(cfg: EncoderConfig | str) -> Encoder:

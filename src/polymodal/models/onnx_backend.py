@@ -6,8 +6,9 @@ shape: the file is renamed into place only when the pooled features agree within
 exists has passed the check and later runs load it directly. Preprocessing stays the torch encoder's own
 (``prepare``: the same tokenizer, the same image transform), so only the forward pass changes.
 
-Why: on 2 CPU cores ONNX Runtime runs EfficientNet-Lite0 about 8x faster than torch eager (its convolutions fuse
-batch norm and ReLU6 and run in a blocked layout; bench/results/encode.md), and MiniLM about 1.5x faster.
+Why: on 2 CPU cores ONNX Runtime runs EfficientNet-Lite0 about 7x faster than torch eager (its convolutions fuse
+batch norm and ReLU6 and run in a blocked layout; bench/results/encode.md). MiniLM gains nothing there (torch's
+SDPA on length-sorted batches is as fast or faster), so text encoders use it only when asked.
 
 Thread count: one place, ``inference_threads()``.
 """
