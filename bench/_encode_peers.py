@@ -55,13 +55,14 @@ def image_macs(backbone, size: int) -> float:
 
 
 def measure(data: Path, n_images: int, n_texts: int, threads: int, log, cifar_examples, rt_examples,
-            compile_images: bool = True) -> dict:
-    """The peer rows; ``cifar_examples(data, per_class)`` and ``rt_examples(data, n)`` are encode.py's data helpers."""
+            audio_examples=None, n_clips: int = 300, compile_images: bool = True) -> dict:
+    """The peer rows; ``cifar_examples(data, per_class)``, ``rt_examples(data, n)`` and ``audio_examples(data, n)``
+    are encode.py's data helpers."""
     import onnxruntime as ort
     import torch
 
     from polymodal.data import load_image
-    from polymodal.features import encode
+    from polymodal.features import encode, load_input
     from polymodal.models import EncoderConfig, build_frozen_encoder, frozen_backend, resolve_model
     from polymodal.models.image import EFFICIENTNET_LITE0_WEIGHTS, build_efficientnet_lite0
     from polymodal.models.text import MINILM, length_order
@@ -70,7 +71,7 @@ def measure(data: Path, n_images: int, n_texts: int, threads: int, log, cifar_ex
     os.environ["POLYMODAL_THREADS"] = str(threads)
     cache_root = Path(tempfile.mkdtemp(prefix="polymodal-peers-"))
     os.environ["POLYMODAL_CACHE"] = str(cache_root / "home")
-    out: dict = {"threads": threads, "image": [], "text": []}
+    out: dict = {"threads": threads, "image": [], "text": [], "audio": []}
     peak, how = fp32_peak_gmacs(threads)
     out["peak_gmacs"], out["peak_how"] = peak, how
     log(f"peers: fp32 peak {peak:.1f} GMAC/s ({how})")
@@ -155,6 +156,24 @@ def measure(data: Path, n_images: int, n_texts: int, threads: int, log, cifar_ex
             out["image"].append({"name": COMPILE_TIMEOUT_NOTE, "model_s": None, "e2e_s": None,
                                  "note": f"failed: {type(e).__name__}: {str(e).splitlines()[0][:160]}"})
             log(f"  torch.compile failed: {e}")
+
+    # ------------------------------------------------------------------ audio: the two polymodal backends only
+    if audio_examples is not None:
+        clips = audio_examples(data, n_clips)
+        label = _labeller(frozen_backend(EncoderConfig("efficientnet-lite0-mel")))
+        for backend in ("onnxruntime", "torch"):
+            cfg = EncoderConfig("efficientnet-lite0-mel", clip_seconds=1.0, backend=backend)
+            enc = build_frozen_encoder(cfg)
+            waves = [load_input("audio", e, enc.sample_rate) for e in clips]
+            prepared = [enc.prepare(waves[i:i + BATCH]) for i in range(0, len(waves), BATCH)]
+            with torch.inference_mode():
+                enc(prepared[0])
+                m = _timed(lambda: [enc(p) for p in prepared])
+                e = _timed(lambda: encode(cfg, clips, batch_size=BATCH, progress=False,
+                                          cache=Path(tempfile.mkdtemp(dir=cache_root)), encoder=enc))
+            out["audio"].append({"name": label(backend), "model_s": m, "e2e_s": e, "note": ""})
+            log(f"  audio {label(backend)}: model {len(clips) / m:.1f} clips/s, end to end {len(clips) / e:.1f} clips/s")
+        out["audio_n"] = len(clips)
 
     # ------------------------------------------------------------------ text
     t_examples = rt_examples(data, n_texts)
@@ -279,6 +298,12 @@ def render(r: dict) -> list[str]:
         lines.append(f"| {x['name']} | {_rate(n_txt, x['model_s'])} | {_rate(n_txt, x['e2e_s'])} | {x['note']} |")
     lines += ["", f"ONNX export + parity check: {r['text_export_s']:.1f} s; max abs difference vs torch "
                   f"{r['text_parity']:.1e}.", ""]
+    if r.get("audio"):
+        lines += [f"### efficientnet-lite0-mel, FSDD test clips at 1 s ({r['audio_n']}; polymodal's two backends only)",
+                  "", "| implementation | model only clips/s | end to end clips/s |", "| --- | ---: | ---: |"]
+        lines += [f"| {x['name']} | {_rate(r['audio_n'], x['model_s'])} | {_rate(r['audio_n'], x['e2e_s'])} |"
+                  for x in r["audio"]]
+        lines.append("")
     lines += verdict(r)
     return lines
 

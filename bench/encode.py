@@ -675,7 +675,8 @@ def measure_peers(args) -> dict:
     import _encode_peers
 
     n_images, n_texts = (40, 64) if args.quick else (500, 1000)
-    return _encode_peers.measure(args.data, n_images, n_texts, THREADS, log, cifar_examples, rt_examples)
+    return _encode_peers.measure(args.data, n_images, n_texts, THREADS, log, cifar_examples, rt_examples,
+                                 lambda data, n: speed_examples("fsdd", data, n), 30 if args.quick else 300)
 
 
 def peers_section(peers: dict, load: tuple) -> list[str]:

@@ -30,7 +30,7 @@ from .encoder import EncoderOutput
 
 BACKENDS = ("torch", "onnxruntime")
 OPSET = 18
-EXPORT_VERSION = 1  # bumped when the exported graph changes (inputs, outputs, exporter settings)
+EXPORT_VERSION = 2  # bumped when the exported graph changes; 2: the mask is an output (audio derives it from lengths)
 # Largest |ONNX Runtime - torch| allowed on any pooled feature of the probe batch (fp32). Measured: 8e-6 for
 # EfficientNet-Lite0 (features up to ~6), 1e-6 for MiniLM; tests/test_onnx_backend.py checks both against it.
 PARITY_MAX_ABS = 1e-4
@@ -71,15 +71,17 @@ def onnxruntime_available() -> bool:
 
 
 def exportable(encoder: Any) -> bool:
-    """Whether this built encoder has an ONNX export here: EfficientNet-Lite, Hugging Face text and vision towers."""
+    """Whether this built encoder has an ONNX export here: EfficientNet-Lite on images or log-mels, the audio CNN,
+    Hugging Face text and vision towers."""
+    from .audio import SpectrogramEncoder
     from .image import EfficientNetLiteEncoder, HFVisionEncoder
     from .text import HFTextEncoder
 
-    return isinstance(encoder, (EfficientNetLiteEncoder, HFTextEncoder, HFVisionEncoder))
+    return isinstance(encoder, (EfficientNetLiteEncoder, HFTextEncoder, HFVisionEncoder, SpectrogramEncoder))
 
 
 class _Graph(torch.nn.Module):
-    """The encoder's forward pass with tensors in and (pooled, sequence) out, as the exporter wants it."""
+    """The encoder's forward pass with tensors in and (pooled, sequence, mask) out, as the exporter wants it."""
 
     def __init__(self, encoder: torch.nn.Module, names: tuple[str, ...]):
         super().__init__()
@@ -87,7 +89,7 @@ class _Graph(torch.nn.Module):
 
     def forward(self, *tensors: torch.Tensor):
         out = self.encoder(dict(zip(self.names, tensors)))
-        return out.pooled, out.sequence
+        return out.pooled, out.sequence, out.mask
 
 
 def _probe_inputs(encoder, batch: int) -> dict[str, torch.Tensor]:
@@ -96,6 +98,11 @@ def _probe_inputs(encoder, batch: int) -> dict[str, torch.Tensor]:
         texts = [_PROBE_TEXTS[i % 2] * (1 + i // 2) for i in range(batch)]  # padded rows and several lengths
         prepared = encoder.prepare(texts)
         return {"input_ids": prepared["input_ids"], "attention_mask": prepared["attention_mask"]}
+    if encoder.modality == "audio":  # clips of different lengths, so the masks differ
+        rng = np.random.default_rng(batch)
+        clip = encoder.clip_samples
+        return encoder.prepare([0.1 * rng.standard_normal(clip * (i + 1) // (batch + 1)).astype(np.float32)
+                                for i in range(batch)])
     size = encoder.transform.size
     gen = torch.Generator().manual_seed(batch)
     return {"pixel_values": torch.randn(batch, 3, size, size, generator=gen)}
@@ -115,7 +122,7 @@ def _export_bytes(encoder: torch.nn.Module, example: dict[str, torch.Tensor], pa
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(_Graph(encoder, names), tuple(example.values()), str(path), input_names=list(names),
-                              output_names=["pooled", "sequence"], dynamic_shapes=(_dynamic_shapes(names),), dynamo=True,
+                              output_names=["pooled", "sequence", "mask"], dynamic_shapes=(_dynamic_shapes(names),), dynamo=True,
                               external_data=False, opset_version=OPSET, verbose=False)
     except Exception as e:
         root = e
@@ -169,13 +176,9 @@ class OnnxEncoder:
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
         feed = {n: inputs[n].detach().cpu().numpy() for n in self.input_names}
-        pooled, seq = self.session.run(["pooled", "sequence"], feed)
-        pooled, seq = torch.from_numpy(pooled), torch.from_numpy(seq)
-        if "attention_mask" in inputs:
-            mask = inputs["attention_mask"].bool()
-        else:
-            mask = torch.ones(seq.shape[:2], dtype=torch.bool)
-        return EncoderOutput(pooled=pooled, sequence=seq, mask=mask)
+        pooled, seq, mask = self.session.run(["pooled", "sequence", "mask"], feed)
+        return EncoderOutput(pooled=torch.from_numpy(pooled), sequence=torch.from_numpy(seq),
+                             mask=torch.from_numpy(mask).bool())
 
 
 def onnx_path(key: str) -> Path:
@@ -188,7 +191,8 @@ def onnx_encoder(encoder: torch.nn.Module, key: str) -> OnnxEncoder:
     from the cache. ``key``: the torch encoder's ``encoder_key`` (weights + preprocessing)."""
     if not exportable(encoder):
         raise ConfigError(f"encoder.backend: onnxruntime has no export for {type(encoder).__name__} (it covers "
-                          "EfficientNet-Lite0 and Hugging Face text and vision towers); set encoder.backend: torch")
+                          "EfficientNet-Lite0 on images and log-mels, audio-cnn, Hugging Face text and vision "
+                          "towers); set encoder.backend: torch")
     encoder.eval()
     path = onnx_path(key)
     if path.exists():
