@@ -55,6 +55,13 @@ def test_the_export_is_reused_not_redone(bert_cfg, monkeypatch):
     assert second.max_abs_diff is None  # loaded, not exported
 
 
+def test_a_damaged_export_is_exported_again(bert_cfg):
+    path = build_frozen_encoder(bert_cfg).path
+    path.write_bytes(b"not an onnx graph")
+    again = build_frozen_encoder(bert_cfg)
+    assert again.max_abs_diff is not None and again.path == path and path.stat().st_size > 1000
+
+
 def test_image_towers_match_torch(tiny_model_dir):
     from PIL import Image
 

@@ -196,7 +196,11 @@ def onnx_encoder(encoder: torch.nn.Module, key: str) -> OnnxEncoder:
     encoder.eval()
     path = onnx_path(key)
     if path.exists():
-        return OnnxEncoder(encoder, path)
+        try:
+            return OnnxEncoder(encoder, path)
+        except Exception as e:  # noqa: BLE001 - a damaged file (disk full, edited by hand) is exported again
+            log.warning("%s cannot be loaded (%s); exporting the encoder again", path, str(e).splitlines()[0][:200])
+            path.unlink(missing_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.export")
     try:
         _export_bytes(encoder, _probe_inputs(encoder, 2), tmp)
