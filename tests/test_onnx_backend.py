@@ -96,6 +96,7 @@ def test_feature_cache_keeps_backends_apart(bert_cfg, tmp_path):
 
 def test_unset_backend_is_onnxruntime_where_it_measured_faster_only(tiny_model_dir):
     assert frozen_backend(EncoderConfig("efficientnet-lite0")) == "onnxruntime"
+    assert frozen_backend(EncoderConfig("efficientnet-lite0-mel")) == "onnxruntime"
     assert frozen_backend(EncoderConfig(str(tiny_model_dir("bert")))) == "torch"
     assert frozen_backend(EncoderConfig("minilm")) == "torch"
     assert frozen_backend(EncoderConfig("audio-cnn")) == "torch"

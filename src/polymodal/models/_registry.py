@@ -31,9 +31,9 @@ class EncoderConfig:
     clip_seconds: float | None = None  # audio: pad or cut clips to this length; None: the encoder's default
     max_tokens: int = 128  # text: longer texts are truncated (and counted)
     augment: bool = True  # train-time augmentation when the encoder is fine-tuned (never at evaluation)
-    # Where frozen features are computed: torch | onnxruntime (EfficientNet-Lite0, Hugging Face text and vision
-    # towers); unset: onnxruntime for efficientnet-lite0 (~7x faster, measured), torch otherwise. Training (full,
-    # LoRA, prompts) always runs torch.
+    # Where frozen features are computed: torch | onnxruntime (EfficientNet-Lite0 on images or log-mels, audio-cnn,
+    # Hugging Face text and vision towers); unset: onnxruntime for efficientnet-lite0 and efficientnet-lite0-mel
+    # (several times faster, measured), torch otherwise. Training (full, LoRA, prompts) always runs torch.
     backend: str | None = None
 
     def __post_init__(self):
@@ -172,10 +172,10 @@ def build_encoder(cfg: EncoderConfig | str) -> Encoder:
     return HFAudioEncoder(path, clip_seconds=cfg.clip_seconds, augment=AudioAugment() if cfg.augment else None)
 
 
-# Encoders whose frozen features default to ONNX Runtime, by measurement (bench/results/encode.md, 2 cores):
-# EfficientNet-Lite0 runs ~7x faster there than in torch eager. MiniLM does not (torch's SDPA on length-sorted
-# batches: ONNX Runtime on the dynamo export was 0.82x torch), so text stays on torch unless asked for.
-_ONNX_BY_DEFAULT = ("efficientnet-lite0",)
+# Encoders whose frozen features default to ONNX Runtime, by measurement (bench/results/encode.md section 0, 2 cores):
+# EfficientNet-Lite0 runs several times faster there than in torch, on photos and on log-mels. MiniLM does not
+# (torch's SDPA on length-sorted batches: ONNX Runtime on the dynamo export was 0.82x torch), so text stays on torch.
+_ONNX_BY_DEFAULT = ("efficientnet-lite0", "efficientnet-lite0-mel")
 
 
 def frozen_backend(cfg: EncoderConfig) -> str:
