@@ -304,8 +304,44 @@ def render(r: dict) -> list[str]:
         lines += [f"| {x['name']} | {_rate(r['audio_n'], x['model_s'])} | {_rate(r['audio_n'], x['e2e_s'])} |"
                   for x in r["audio"]]
         lines.append("")
+    lines += reading(r)
     lines += verdict(r)
     return lines
+
+
+def reading(r: dict) -> list[str]:
+    """What the tables say, as ratios of this run's numbers."""
+    rows = {x["name"]: x for x in r["image"]}
+    ort_i = next(x for n, x in rows.items() if n.startswith("polymodal, backend onnxruntime"))
+    torch_i = next(x for n, x in rows.items() if n.startswith("polymodal, backend torch"))
+    eager = rows["PyTorch eager (NCHW)"]
+    trows = {x["name"]: x for x in r["text"]}
+    ort_t = next(x for n, x in trows.items() if n.startswith("polymodal, backend onnxruntime"))
+    torch_t = next(x for n, x in trows.items() if n.startswith("polymodal, backend torch"))
+    out = [
+        "Reading the tables (ratios of this run):",
+        "",
+        f"- EfficientNet-Lite0 in ONNX Runtime runs {eager['model_s'] / ort_i['model_s']:.1f}x PyTorch eager (NCHW) "
+        f"model only and {eager['e2e_s'] / ort_i['e2e_s']:.1f}x end to end; end to end it keeps "
+        f"{100 * (r['image_n_e2e'] / ort_i['e2e_s']) / (r['image_n_model'] / ort_i['model_s']):.0f} % of its "
+        "model-only rate: decoding, resizing the 32 px photos to 224 px and normalising (the same code in every row) "
+        "take the rest.",
+        f"- polymodal's torch backend (EfficientNet-Lite0 evaluated channels_last) runs "
+        f"{eager['model_s'] / torch_i['model_s']:.2f}x PyTorch eager NCHW model only, "
+        f"{eager['e2e_s'] / torch_i['e2e_s']:.2f}x end to end.",
+        f"- MiniLM in ONNX Runtime (torch's dynamo export) runs {torch_t['model_s'] / ort_t['model_s']:.2f}x torch "
+        "model only on these length-sorted batches, so text encoders stay on torch unless `encoder.backend: "
+        "onnxruntime` is set.",
+    ]
+    if r.get("audio"):
+        a_ort = next(x for x in r["audio"] if "onnxruntime" in x["name"])
+        a_torch = next(x for x in r["audio"] if "torch" in x["name"])
+        out.append(f"- efficientnet-lite0-mel in ONNX Runtime: {a_torch['model_s'] / a_ort['model_s']:.1f}x torch "
+                   f"model only, {a_torch['e2e_s'] / a_ort['e2e_s']:.1f}x end to end (decoding, resampling and the log-mel "
+                   "of each clip, in `prepare`, are the same for both).")
+    out += ["- One run on a 2-core machine shared with other sessions: absolute rates move by tens of percent "
+            "between runs (torch rows most); compare rows of the same run only.", ""]
+    return out
 
 
 def verdict(r: dict) -> list[str]:

@@ -692,6 +692,9 @@ def run_peers(args) -> None:
     """Section 0 alone, written into the report in place of the previous section 0 (the rest keeps its own date)."""
     load0 = os.getloadavg()[0]
     peers = measure_peers(args)
+    saved = REPO_ROOT / "bench" / "work" / ("encode-peers-quick.json" if args.quick else "encode-peers.json")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(peers, default=str))  # the numbers behind the section (git-ignored)
     section = "\n".join(peers_section(peers, (load0, os.getloadavg()[0])))
     out = args.out or (REPO_ROOT / "bench" / "work" / "encode-quick.md" if args.quick else REPO_ROOT / "bench" / "results" / "encode.md")
     text = out.read_text() if out.exists() else ""
