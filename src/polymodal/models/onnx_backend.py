@@ -48,7 +48,8 @@ def inference_threads() -> int:
         try:
             n = int(value)
         except ValueError:
-            raise ConfigError(f"${THREADS_ENV}={value!r} is not a whole number; set it to a thread count such as 4") from None
+            raise ConfigError(f"${THREADS_ENV}={value!r} is not a whole number; set it to a thread count such as 4"
+                              ) from None
         if n < 1:
             raise ConfigError(f"${THREADS_ENV}={n}: needs at least 1 thread")
         return n
@@ -122,8 +123,8 @@ def _export_bytes(encoder: torch.nn.Module, example: dict[str, torch.Tensor], pa
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(_Graph(encoder, names), tuple(example.values()), str(path), input_names=list(names),
-                              output_names=["pooled", "sequence", "mask"], dynamic_shapes=(_dynamic_shapes(names),), dynamo=True,
-                              external_data=False, opset_version=OPSET, verbose=False)
+                              output_names=["pooled", "sequence", "mask"], dynamic_shapes=(_dynamic_shapes(names),),
+                              dynamo=True, external_data=False, opset_version=OPSET, verbose=False)
     except Exception as e:
         root = e
         while root.__cause__ is not None:
@@ -171,7 +172,8 @@ class OnnxEncoder:
 
     def prepare(self, items, train: bool = False, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
         if train:
-            raise PolymodalError("the onnxruntime backend serves frozen encoders only; training uses encoder.backend: torch")
+            raise PolymodalError("the onnxruntime backend serves frozen encoders only; training uses "
+                                 "encoder.backend: torch")
         return self.torch_encoder.prepare(items, train=False, rng=rng)
 
     def __call__(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
