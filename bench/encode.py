@@ -133,13 +133,13 @@ def child_main(spec: dict) -> None:
 
     torch.set_num_threads(spec["threads"])
     from polymodal.features import encode
-    from polymodal.models import EncoderConfig, build_encoder
+    from polymodal.models import EncoderConfig, build_frozen_encoder
 
     examples = speed_examples(spec["set"], Path(spec["data"]), spec["n"])
     cfg = EncoderConfig(**spec["cfg"])
     rss_ready_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # after imports and data listing
     t0 = time.perf_counter()
-    encoder = build_encoder(cfg) if spec["mode"] == "cold" else None
+    encoder = build_frozen_encoder(cfg) if spec["mode"] == "cold" else None
     t1 = time.perf_counter()
     feats = encode(cfg, examples, batch_size=BATCH_SIZE, cache=spec["cache"], encoder=encoder, progress=False)
     t2 = time.perf_counter()
@@ -347,6 +347,15 @@ def run(args) -> None:
         report["speeds"] = speeds
         timings["throughput (8 child processes)"] = time.perf_counter() - started
 
+        # 0. the peer table, in this process (its own temporary cache), after the children of section 1: a child's
+        # peak RSS starts at its parent's (SPAWNER_CODE in _harness.py), and the peers raise this one's to ~2 GiB
+        load0 = os.getloadavg()[0]
+        t0 = time.perf_counter()
+        report["peers"] = measure_peers(args)
+        report["peers_load"] = (load0, os.getloadavg()[0])
+        os.environ["POLYMODAL_CACHE"] = str(workdir / "home-cache")
+        timings["peer table (section 0)"] = time.perf_counter() - t0
+
         # 2a. CIFAR-10
         log("CIFAR-10 probe")
         cifar = cifar_examples(args.data, sizes.cifar_probe_per_class)
@@ -490,12 +499,14 @@ def render(r: dict, args) -> str:
         f"{l1e:.2f} at the end, on {os.cpu_count()} cores), so absolute timings are pessimistic and noisy; every "
         "comparison below is between numbers taken in this same run.",
         "",
+        *(peers_section(r["peers"], r["peers_load"]) if "peers" in r else []),
         "## 1. Encoding throughput and peak memory, cold and warm feature cache",
         "",
         "Each row is one call to `polymodal.features.encode` in a fresh child process with a fresh temporary cache "
         "folder (cold: the cache is empty, the model is built and every input is decoded and encoded; warm: the same "
         "call again on the same folder, which reads the features from SQLite without building the model). "
-        "Batch size 32. *build* is `build_encoder` (weights loaded), *encode* the `encode` call; items/s = n / (build + encode). "
+        "Batch size 32. *build* is `build_frozen_encoder` (weights loaded; for the encoders that run in ONNX Runtime also "
+        "the one-time export and parity check, as the cache is empty), *encode* the `encode` call; items/s = n / (build + encode). "
         "*process* is the child's whole wall time including interpreter start and imports.",
         "",
         "| encoder | data | n | dim | cache | build s | encode s | items/s | peak RSS MiB | RSS after imports MiB | process s |",
@@ -641,6 +652,8 @@ def main(argv: list[str] | None = None) -> None:
                         help=f"the shared data folder; default ${DATA_ENV}, else ../shared/data from the repository root")
     parser.add_argument("--out", type=Path, default=None, help="the Markdown report; default bench/results/encode.md "
                         "(bench/work/encode-quick.md with --quick)")
+    parser.add_argument("--peers", action="store_true", help="run only the peer table (section 0, about 6 min) and "
+                        "put it into the existing report in place of the previous one")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--render", type=Path, default=None, help=argparse.SUPPRESS)  # rewrite the report from a saved run
     args = parser.parse_args(argv)
@@ -654,7 +667,53 @@ def main(argv: list[str] | None = None) -> None:
     args.data = Path(args.data_arg or os.environ.get(DATA_ENV) or REPO_ROOT.parent / "shared" / "data").resolve()
     if not (args.data / "images" / "cifar10-test").is_dir():
         sys.exit(f"{args.data}: no shared data there (expected images/cifar10-test); pass --data or set ${DATA_ENV}")
+    if args.peers:
+        run_peers(args)
+        return
     run(args)
+
+
+PEERS_BEGIN, PEERS_END = "<!-- peers: begin -->", "<!-- peers: end -->"
+
+
+def measure_peers(args) -> dict:
+    import _encode_peers
+
+    n_images, n_texts = (40, 64) if args.quick else (500, 1000)
+    return _encode_peers.measure(args.data, n_images, n_texts, THREADS, log, cifar_examples, rt_examples,
+                                 lambda data, n: speed_examples("fsdd", data, n), 30 if args.quick else 300)
+
+
+def peers_section(peers: dict, load: tuple) -> list[str]:
+    import _encode_peers
+
+    when = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return [PEERS_BEGIN, *_encode_peers.render(peers),
+            f"Measured {when} (1-minute load average {load[0]:.2f} at the start, {load[1]:.2f} at the end of this "
+            "section, on 2 cores shared with other sessions).", PEERS_END, ""]
+
+
+def run_peers(args) -> None:
+    """Section 0 alone, written into the report in place of the previous section 0 (the rest keeps its own date)."""
+    load0 = os.getloadavg()[0]
+    peers = measure_peers(args)
+    saved = REPO_ROOT / "bench" / "work" / ("encode-peers-quick.json" if args.quick else "encode-peers.json")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(peers, default=str))  # the numbers behind the section (git-ignored)
+    section = "\n".join(peers_section(peers, (load0, os.getloadavg()[0])))
+    out = args.out or (REPO_ROOT / "bench" / "work" / "encode-quick.md" if args.quick else REPO_ROOT / "bench" / "results" / "encode.md")
+    text = out.read_text() if out.exists() else ""
+    if PEERS_BEGIN in text:
+        head, _, rest = text.partition(PEERS_BEGIN)
+        text = head + section + rest.partition(PEERS_END)[2].lstrip("\n")
+    elif "## 1." in text:
+        head, _, rest = text.partition("## 1.")
+        text = head + section + "\n## 1." + rest
+    else:
+        text = text + "\n" + section
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    log(f"wrote section 0 of {out}")
 
 
 if __name__ == "__main__":

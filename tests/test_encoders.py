@@ -169,3 +169,20 @@ def test_time_shift_of_a_short_clip_stays_inside_the_sound():
         frame_level = batch["mel"][0, 0, :, 2 : real - 1].mean(0)  # edge frames see the window edge and the wrap
         # Every valid frame is tone, none is silence that a shift into the padding would leave behind.
         assert frame_level.max() - frame_level.min() < 1.0, seed
+
+
+def test_efficientnet_evaluates_channels_last_with_the_same_features_and_trains_in_nchw():
+    torch.manual_seed(0)
+    enc = EfficientNetLiteEncoder(build_efficientnet_lite0(None), image_size=64)
+    stem = enc.backbone._conv_stem.weight
+    assert stem.is_contiguous(memory_format=torch.channels_last) and not stem.is_contiguous()
+    x = torch.randn(3, 3, 64, 64)
+    with torch.inference_mode():
+        got = enc({"pixel_values": x})
+        reference = build_efficientnet_lite0(None)
+        reference.load_state_dict(enc.backbone.state_dict())
+        want = reference.eval().extract_features(x)  # NCHW weights and input
+    torch.testing.assert_close(got.pooled, want.mean((2, 3)), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got.sequence, want.flatten(2).transpose(1, 2), atol=1e-4, rtol=1e-4)
+    enc.train()
+    assert enc.backbone._conv_stem.weight.is_contiguous()

@@ -11,7 +11,7 @@ import torch
 from polymodal.data.manifest import Example
 from polymodal.features import FeatureCache, encode
 from polymodal.features import extract as extract_mod
-from polymodal.models import EncoderConfig, build_encoder
+from polymodal.models import EncoderConfig, build_encoder, build_frozen_encoder
 
 
 @pytest.fixture
@@ -32,7 +32,7 @@ def test_second_run_reads_the_cache_without_building_the_model(bert_cfg, text_ex
     def no_build(cfg):
         raise AssertionError("the model was built although every feature was cached")
 
-    monkeypatch.setattr(extract_mod, "build_encoder", no_build)
+    monkeypatch.setattr(extract_mod, "build_frozen_encoder", no_build)
     warm = encode(bert_cfg, text_examples, batch_size=4, cache=tmp_path, progress=False)
     assert (warm.encoded, warm.cached) == (0, 10)
     torch.testing.assert_close(warm.pooled, cold.pooled)
@@ -95,6 +95,7 @@ class _Interrupting(torch.nn.Module):
         super().__init__()
         self.inner, self.fail_on_batch, self.calls = inner, fail_on_batch, 0
         self.modality, self.dim, self.seq_dim = inner.modality, inner.dim, inner.seq_dim
+        self.backend = getattr(inner, "backend", "torch")  # the cache key follows the backend that computes
 
     def prepare(self, items, train=False, rng=None):
         return self.inner.prepare(items, train, rng)
@@ -107,7 +108,7 @@ class _Interrupting(torch.nn.Module):
 
 
 def test_interrupted_run_keeps_finished_batches_and_resumes(bert_cfg, text_examples, tmp_path):
-    flaky = _Interrupting(build_encoder(bert_cfg), fail_on_batch=3)
+    flaky = _Interrupting(build_frozen_encoder(bert_cfg), fail_on_batch=3)
     with pytest.raises(KeyboardInterrupt):
         encode(bert_cfg, text_examples, batch_size=3, cache=tmp_path, encoder=flaky, progress=False)
     db = next(tmp_path.glob("*.sqlite"))

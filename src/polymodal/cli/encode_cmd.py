@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="items per forward pass (default 32)")
     p.add_argument("--image-size", type=int, help="image side in pixels (default: the encoder's)")
     p.add_argument("--clip-seconds", type=float, help="audio clip length in seconds (default: the encoder's)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime"),
+                   help="where the frozen encoder runs (default: onnxruntime for efficientnet-lite0, torch otherwise)")
     p.add_argument("--sequence", action="store_true", help="also compute and cache sequence features")
     p.add_argument("--out", type=Path, help="also write the features to this .safetensors file")
     p.add_argument("--skip-bad", action="store_true", help="skip rows that fail `data check` instead of stopping")
@@ -29,7 +31,8 @@ def run(args: argparse.Namespace) -> int:
     from ..models import EncoderConfig
 
     manifest = require_clean(load_manifest(args.manifest), skip_bad=args.skip_bad)
-    cfg = EncoderConfig(args.encoder, modality=args.modality, image_size=args.image_size, clip_seconds=args.clip_seconds)
+    cfg = EncoderConfig(args.encoder, modality=args.modality, image_size=args.image_size, clip_seconds=args.clip_seconds,
+                        backend=args.backend)
     start = time.perf_counter()
     feats = encode(cfg, manifest.examples, args.modality, batch_size=args.batch_size, sequence=args.sequence)
     seconds = time.perf_counter() - start

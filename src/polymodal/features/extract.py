@@ -1,14 +1,14 @@
 """Encode a manifest's column with a frozen encoder once; later runs read the features from the cache.
 
-The cache key is (encoder weights + preprocessing settings) for the file, and the content hash of each input
-(file bytes, or the text itself) for the row, so renaming or moving files keeps their features and editing a
+The cache key is (encoder weights + preprocessing settings + backend: torch or ONNX Runtime) for the file, and the
+content hash of each input (file bytes, or the text itself) for the row, so renaming or moving files keeps their features and editing a
 file invalidates exactly that entry.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ from ..data.audio import load_audio, probe_audio
 from ..data.image import load_image
 from ..data.manifest import Example
 from ..errors import MediaError, PolymodalError
-from ..models import Encoder, EncoderConfig, build_encoder, encoder_key, encoder_modality
+from ..models import Encoder, EncoderConfig, build_frozen_encoder, encoder_key, encoder_modality
 from ..models.text import length_order
 from .cache import FeatureCache
 
@@ -85,12 +85,16 @@ def encode(
     """Features of ``examples``' ``modality`` column from a frozen encoder, cached on disk.
 
     Args:
-        cfg: the encoder; it is built only if something is missing from the cache (unless ``encoder`` is given).
+        cfg: the encoder; it is built only if something is missing from the cache (unless ``encoder`` is given), by
+            ``build_frozen_encoder``: in ONNX Runtime or torch as ``frozen_backend(cfg)`` says. The cache is one file
+            per ``encoder_key``, which names the backend, so features of the two backends never mix.
         modality: which column to encode; default: the encoder's modality.
         sequence: also return (and cache) sequence features, which are far larger than pooled ones.
         cache: True for the default cache folder, a folder path, or False to encode without caching.
     """
     cfg = EncoderConfig(cfg) if isinstance(cfg, str) else cfg
+    if encoder is not None:  # the cache key names the backend that really computes the features
+        cfg = replace(cfg, backend=getattr(encoder, "backend", "torch"))
     modality = modality or encoder_modality(cfg)
     keys = [content_key(modality, ex) for ex in examples]
     wanted = sorted({k for k in keys if k is not None})
@@ -102,7 +106,7 @@ def encode(
         found = store.get(wanted, sequence=sequence) if store is not None else {}
         missing = [k for k in wanted if k not in found]
         if missing:
-            encoder = encoder if encoder is not None else build_encoder(cfg)
+            encoder = encoder if encoder is not None else build_frozen_encoder(cfg)
             first = {k: ex for k, ex in zip(keys, examples) if k is not None}
             found.update(_run_encoder(encoder, modality, [first[k] for k in missing], missing, batch_size, sequence,
                                       store, progress))

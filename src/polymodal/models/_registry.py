@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..errors import ConfigError, ModelNotFoundError
 from ._resolver import resolve_model
 from .encoder import MODALITIES, Encoder
+from .onnx_backend import BACKENDS
 
 # Bumped whenever preprocessing code changes what an encoder outputs, so old cached features are not reused.
 PREPROCESS_VERSION = 2  # 2: transparent images composited onto white, not onto what lies under alpha 0
@@ -30,6 +31,10 @@ class EncoderConfig:
     clip_seconds: float | None = None  # audio: pad or cut clips to this length; None: the encoder's default
     max_tokens: int = 128  # text: longer texts are truncated (and counted)
     augment: bool = True  # train-time augmentation when the encoder is fine-tuned (never at evaluation)
+    # Where frozen features are computed: torch | onnxruntime (EfficientNet-Lite0 on images or log-mels, audio-cnn,
+    # Hugging Face text and vision towers); unset: onnxruntime for efficientnet-lite0 and efficientnet-lite0-mel
+    # (several times faster, measured), torch otherwise. Training (full, LoRA, prompts) always runs torch.
+    backend: str | None = None
 
     def __post_init__(self):
         if self.modality is not None and self.modality not in MODALITIES:
@@ -40,6 +45,8 @@ class EncoderConfig:
             raise ConfigError(f"encoder.clip_seconds: must be positive, got {self.clip_seconds}")
         if self.max_tokens < 1:
             raise ConfigError(f"encoder.max_tokens: must be at least 1, got {self.max_tokens}")
+        if self.backend is not None and self.backend not in BACKENDS:
+            raise ConfigError(f"encoder.backend: {self.backend!r} is not one of {', '.join(BACKENDS)}")
 
 
 @dataclass(frozen=True)
@@ -165,8 +172,40 @@ def build_encoder(cfg: EncoderConfig | str) -> Encoder:
     return HFAudioEncoder(path, clip_seconds=cfg.clip_seconds, augment=AudioAugment() if cfg.augment else None)
 
 
+# Encoders whose frozen features default to ONNX Runtime, by measurement (bench/results/encode.md section 0, 2 cores):
+# EfficientNet-Lite0 runs several times faster there than in torch, on photos and on log-mels. MiniLM does not
+# (torch's SDPA on length-sorted batches: ONNX Runtime on the dynamo export was 0.82x torch), so text stays on torch.
+_ONNX_BY_DEFAULT = ("efficientnet-lite0", "efficientnet-lite0-mel")
+
+
+def frozen_backend(cfg: EncoderConfig) -> str:
+    """The backend that computes this encoder's frozen features: ``cfg.backend``, or when unset onnxruntime for
+    the encoders where it measured faster (``_ONNX_BY_DEFAULT``, where onnxruntime is installed), else torch."""
+    from .onnx_backend import onnxruntime_available
+
+    if cfg.backend == "onnxruntime" and not onnxruntime_available():
+        raise ConfigError("encoder.backend: onnxruntime needs the onnxruntime, onnx and onnxscript packages "
+                          "(`pip install onnxruntime onnx onnxscript`), or set encoder.backend: torch")
+    if cfg.backend is not None:
+        return cfg.backend
+    return "onnxruntime" if cfg.model in _ONNX_BY_DEFAULT and onnxruntime_available() else "torch"
+
+
+def build_frozen_encoder(cfg: EncoderConfig | str) -> Encoder:
+    """The encoder for frozen features (feature cache, linear probes): ``build_encoder``'s, running in ONNX Runtime
+    when ``frozen_backend`` says so (exported and parity-checked on first use; see ``onnx_backend``)."""
+    cfg = EncoderConfig(cfg) if isinstance(cfg, str) else cfg
+    encoder = build_encoder(cfg)
+    if frozen_backend(cfg) != "onnxruntime":
+        return encoder
+    from .onnx_backend import onnx_encoder
+
+    return onnx_encoder(encoder, encoder_key(replace(cfg, backend="torch")))
+
+
 def encoder_key(cfg: EncoderConfig) -> str:
-    """A short stable id of (weights, preprocessing settings): names the feature cache of this encoder.
+    """A short stable id of (weights, preprocessing settings, frozen backend): names the feature cache of this
+    encoder, so features from torch and from ONNX Runtime never share a cache file.
 
     Weights are fingerprinted by file names, sizes and modification times, so a changed model gets a new key
     without hashing gigabytes on every run.
@@ -178,8 +217,11 @@ def encoder_key(cfg: EncoderConfig) -> str:
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         fingerprint = [(p.name, p.stat().st_size, int(p.stat().st_mtime)) for p in files]
     # The modality field counts only through the tower it selects, so "minilm" and "minilm" for text share a cache.
-    settings = {k: v for k, v in asdict(cfg).items() if k not in ("augment", "modality")}
+    settings = {k: v for k, v in asdict(cfg).items() if k not in ("augment", "modality", "backend")}
     settings["tower"] = encoder_modality(cfg)
+    backend = frozen_backend(cfg)
+    if backend != "torch":  # torch keys stay what they were before backends existed, so old caches stay valid
+        settings["backend"] = backend
     blob = json.dumps([settings, fingerprint, PREPROCESS_VERSION], sort_keys=True, default=str)
     slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(cfg.model).name)[:40]
     return f"{slug}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"

@@ -53,8 +53,18 @@ class EfficientNetLiteEncoder(nn.Module):
     def prepare(self, items, train=False, rng=None):
         return {"pixel_values": torch.stack([self.transform(img, train=train, rng=rng) for img in items])}
 
+    def train(self, mode: bool = True) -> EfficientNetLiteEncoder:
+        """In eval mode the weights are kept channels_last (NHWC): oneDNN's convolutions run about 1.5x faster on
+        the CPU than in NCHW (bench/results/encode.md section 0); training keeps the default layout."""
+        super().train(mode)
+        self.backbone.to(memory_format=torch.contiguous_format if mode else torch.channels_last)
+        return self
+
     def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
-        fmap = self.backbone.extract_features(inputs["pixel_values"])  # (batch, 1280, h, w)
+        x = inputs["pixel_values"]
+        if not self.training and not torch.compiler.is_compiling():  # not while torch.export traces for ONNX
+            x = x.contiguous(memory_format=torch.channels_last)
+        fmap = self.backbone.extract_features(x)  # (batch, 1280, h, w)
         seq = fmap.flatten(2).transpose(1, 2)
         mask = torch.ones(seq.shape[:2], dtype=torch.bool, device=seq.device)
         return EncoderOutput(pooled=seq.mean(1), sequence=seq, mask=mask)
