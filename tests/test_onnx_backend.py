@@ -158,3 +158,36 @@ def test_spectrogram_encoders_match_torch_with_the_same_masks(model):
             got, want = ort_enc(prepared), torch_enc(prepared)
         assert (got.pooled - want.pooled).abs().max() <= PARITY_MAX_ABS
         assert torch.equal(got.mask, want.mask) and not got.mask.all()  # short clips are masked, as in torch
+
+
+@pytest.mark.real_model
+def test_a_loaded_linear_probe_predicts_through_onnxruntime_as_through_torch(tmp_path):
+    """``load_run`` runs a linear probe's frozen EfficientNet-Lite0 in ONNX Runtime (as its training features
+    were), so ``Run.predict_items``, ``polymodal predict`` and the service encode there; ``backend="torch"`` (what
+    compress and export use) gives the same probabilities within the parity bound, and the service's embeddings too."""
+    from PIL import Image
+
+    from _train_data import write_dataset
+    from polymodal.classify.run import load_run
+    from polymodal.models.onnx_backend import OnnxModule
+    from polymodal.serve.inference import load_backend
+    from polymodal.tasks import train
+    from polymodal.train.config import config_from_dict
+
+    data = write_dataset(tmp_path / "d", n=15)
+    run_dir = train(config_from_dict({
+        "data": {"manifest": str(data)}, "model": {"encoders": {"image": {"model": "efficientnet-lite0",
+                                                                          "image_size": 64}}},
+        "optim": {"epochs": 1, "batch_size": 4}, "out_dir": str(tmp_path / "run")}), progress=False)
+    fast, plain = load_run(run_dir), load_run(run_dir, backend="torch")
+    assert isinstance(fast.model.encoders["image"], OnnxModule)
+    assert not isinstance(plain.model.encoders["image"], OnnxModule)
+    images = [Image.open(p).convert("RGB") for p in sorted((tmp_path / "d" / "img").glob("*.png"))[:5]]
+    items = [{"image": im} for im in images]
+    torch.testing.assert_close(fast.predict_items(items), plain.predict_items(items), atol=PARITY_MAX_ABS, rtol=0)
+    served = load_backend(run_dir)
+    assert isinstance(served.model.model.encoders["image"], OnnxModule)
+    emb = served.fns["embed"](items)
+    want = plain.embed_items(items)
+    for got, w in zip(emb, want):
+        torch.testing.assert_close(torch.tensor(got["image"]), w["image"], atol=PARITY_MAX_ABS, rtol=0)

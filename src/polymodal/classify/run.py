@@ -7,7 +7,7 @@ prepare and run batches through ``prepare_items`` and ``read_split`` here.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -201,8 +201,13 @@ class Run:
         return {m: torch.cat(v) if v else torch.zeros(0) for m, v in out.items()}
 
 
-def load_run(path: str | Path) -> Run:
+def load_run(path: str | Path, backend: str | None = None) -> Run:
     """Load a ``classify`` or ``align`` run folder written by ``train`` (or ``compress``).
+
+    Args:
+        backend: None: a linear probe's frozen encoders run where ``frozen_backend`` says (ONNX Runtime for
+            EfficientNet-Lite0, as its training features did); "torch": torch modules throughout (what ``compress``
+            and ``export`` rewrite).
 
     Raises:
         PolymodalError: the folder is not a finished run of those tasks.
@@ -227,4 +232,19 @@ def load_run(path: str | Path) -> Run:
         load_compressed(model, cfg, path / run_folder.WEIGHTS)
     else:
         ckpt.load_weights(model, path / run_folder.WEIGHTS)
+        if backend != "torch":
+            _frozen_encoders_in_onnxruntime(model, cfg)
     return Run(path, cfg, labels, model.eval())
+
+
+def _frozen_encoders_in_onnxruntime(model: MultimodalClassifier, cfg: TrainConfig) -> None:
+    """A linear probe's encoders never change: run each in ONNX Runtime where ``frozen_backend`` picks it, so
+    predictions and the service compute the features as training did (within the export's parity bound)."""
+    if cfg.task != "classify" or cfg.tuning.mode != "linear_probe":
+        return
+    from ..models import encoder_key, frozen_backend
+    from ..models.onnx_backend import OnnxModule, onnx_encoder
+
+    for m, enc_cfg in cfg.model.encoders.items():
+        if frozen_backend(enc_cfg) == "onnxruntime":
+            model.encoders[m] = OnnxModule(onnx_encoder(model.encoders[m], encoder_key(replace(enc_cfg, backend="torch"))))

@@ -194,7 +194,7 @@ def export_onnx(run_dir: str | Path, out: str | Path | None = None, *, int8: boo
     out = Path(out) if out is not None else run_dir / "export"
     if out.exists() and not force:
         raise PolymodalError(f"{out} exists; pass --force to replace it, or --out another folder")
-    run = load_run(run_dir)
+    run = load_run(run_dir, backend="torch")
     cfg = run.config
     if cfg.tuning.mode not in SUPPORTED_MODES:
         raise PolymodalError(f"{run_dir}: tuning mode {cfg.tuning.mode!r} is not exportable; export takes "

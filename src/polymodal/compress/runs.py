@@ -90,7 +90,7 @@ def compress_run(run_dir: str | Path, *, int8: bool = False, prune: float = 0.0,
         raise PolymodalError(f"{out}: the compressed run must go to a new folder, not over {run_dir}")
     if out.exists() and not force:
         raise PolymodalError(f"{out} exists; pass --force to replace it, or --out another folder")
-    source = load_run(run_dir)
+    source = load_run(run_dir, backend="torch")
     check_compressible(source)
     mode = source.config.tuning.mode
     say = print if progress else (lambda *a, **k: None)

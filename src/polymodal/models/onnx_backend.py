@@ -183,6 +183,27 @@ class OnnxEncoder:
                              mask=torch.from_numpy(mask).bool())
 
 
+class OnnxModule(torch.nn.Module):
+    """An ``OnnxEncoder`` as a parameter-free ``nn.Module``, so a loaded classifier's ``encoders`` (a ModuleDict)
+    can hold it: ``Run.predict`` and the service then encode through ONNX Runtime. Inference only."""
+
+    def __init__(self, encoder: OnnxEncoder):
+        super().__init__()
+        object.__setattr__(self, "onnx", encoder)  # not a submodule: no parameters, nothing to save
+
+    def forward(self, inputs: dict[str, torch.Tensor]) -> EncoderOutput:
+        return self.onnx(inputs)
+
+    def prepare(self, items, train: bool = False, rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        return self.onnx.prepare(items, train=train, rng=rng)
+
+    def __getattr__(self, name: str):  # modality, dim, seq_dim, tokenizer, sample_rate, transform, backend, ...
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(object.__getattribute__(self, "onnx"), name)
+
+
 def onnx_path(key: str) -> Path:
     """Where the export of the encoder with torch-backend key ``key`` lives."""
     return cache_dir("onnx") / f"{key}-opset{OPSET}-v{EXPORT_VERSION}.onnx"
