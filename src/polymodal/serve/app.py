@@ -1,4 +1,8 @@
-"""The HTTP service of a trained run: ``create_app(run, cfg)`` -> a FastAPI app.
+"""The HTTP service of a trained run or model: ``create_app(run, cfg)`` -> a FastAPI app.
+
+What it serves (``inference.source_kind``): a classify or align run (``/v1/predict``, ``/v1/embed``), an asr run or
+Whisper folder (``/v1/transcribe``), an instruct run or causal LM (chat); beside the native routes, the
+OpenAI-compatible ones (``openai_api``) and the Open Inference Protocol v2 (``v2_api``), all behind the same gate.
 
 Why FastAPI on uvicorn: the request and response bodies are pydantic models, so the OpenAPI schema at
 ``/openapi.json`` is the code itself, not a document kept beside it; uvicorn is the most used ASGI server,
@@ -6,7 +10,7 @@ supports several worker processes on one port (the scale-out used here) and a gr
 pure-Python installs from PyPI. Triton or TorchServe would add a model repository format and a JVM or C++
 server for one PyTorch model; Ray Serve a cluster runtime; BentoML and LitServe wrap the same ASGI stack.
 
-A request on a ``/v1`` route passes, in order: the bearer token (401), the drain and readiness check (503), the body, read within ``body_timeout_s`` (408) and ``max_body_bytes`` (413) before the request takes a place in
+A request on a ``/v1`` route (or ``/v2/models/NAME/infer``) passes, in order: the bearer token (401), the drain and readiness check (503), the body, read within ``body_timeout_s`` (408) and ``max_body_bytes`` (413) before the request takes a place in
 the bounded queue (429 with Retry-After; a stalled upload never holds one), parsing
 (415/422), the checks that need no decoding (413/422), decoding with limits in a thread (413/422), and the
 dynamic batcher, within the request's deadline (504).
@@ -375,8 +379,9 @@ def create_app(run: Run | inference.Backend | str | Path, cfg: ServeConfig = Ser
         await service.stop()
 
     app = FastAPI(title="polymodal", version="1", lifespan=lifespan,
-                  description="Class probabilities and embeddings from a trained polymodal run, or transcripts "
-                              "from a speech recogniser.")
+                  description="Class probabilities and embeddings from a trained polymodal run, transcripts "
+                              "from a speech recogniser, or chat answers from an instruct run or language model; "
+                              "native, OpenAI-compatible and Open Inference Protocol (v2) routes.")
     app.state.service = service
     app.add_middleware(Gate, service=service)
     body = request_body_schema(cfg)
