@@ -247,4 +247,5 @@ def _frozen_encoders_in_onnxruntime(model: MultimodalClassifier, cfg: TrainConfi
 
     for m, enc_cfg in cfg.model.encoders.items():
         if frozen_backend(enc_cfg) == "onnxruntime":
-            model.encoders[m] = OnnxModule(onnx_encoder(model.encoders[m], encoder_key(replace(enc_cfg, backend="torch"))))
+            key = encoder_key(replace(enc_cfg, backend="torch"))  # the export is named by the torch encoder's key
+            model.encoders[m] = OnnxModule(onnx_encoder(model.encoders[m], key))

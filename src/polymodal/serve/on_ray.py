@@ -6,7 +6,8 @@ is ``create_app``: every replica builds the app itself (a builder function, so n
 loading the model, so Ray sends it traffic only once it can answer. Ray's proxy picks a replica per request
 (power of two choices on queue length) and caps a replica's ongoing requests at ``max_queue + max_batch_size``;
 beyond that a request waits in Ray's router, up to ``max_queue`` of them (then Ray answers 503 with Retry-After),
-and each replica still refuses with its own 429 when its queue is full. Autoscaling follows ongoing requests per replica (``target_ongoing_requests``, Ray's own metric).
+and each replica still refuses with its own 429 when its queue is full. Autoscaling follows ongoing requests per
+replica (``target_ongoing_requests``, Ray's own metric).
 
 Batching: each replica batches with the service's own dynamic batcher (``batcher.Batcher``), the one the plain
 server uses; Ray's ``@serve.batch`` is not layered on top, as a second batcher in front of the first would only add
@@ -25,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def application(source: str | os.PathLike, cfg: ServeConfig = ServeConfig(), opt
         raise ConfigError("serve --ray needs Ray Serve: pip install 'polymodal[ray]'") from None
     source = str(Path(source).resolve()) if Path(source).exists() else str(source)
     threads = cfg.threads or max(1, int(options.cpus_per_replica))
-    replica_cfg = ServeConfig(**{**_fields(cfg), "threads": threads})
+    replica_cfg = ServeConfig(**{**asdict(cfg), "threads": threads})
 
     def build_app() -> Any:  # runs in each replica: load the model, then build the app around it
         import torch
@@ -90,12 +91,6 @@ def application(source: str | os.PathLike, cfg: ServeConfig = ServeConfig(), opt
         graceful_shutdown_timeout_s=cfg.drain_timeout_s,
         ray_actor_options={"num_cpus": options.cpus_per_replica}, **scaling)
     return deployment.bind()
-
-
-def _fields(cfg: ServeConfig) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    return asdict(cfg)
 
 
 def start(source: str | os.PathLike, cfg: ServeConfig = ServeConfig(), options: RayOptions = RayOptions()) -> Any:

@@ -185,7 +185,8 @@ def register(app: FastAPI, service: Any, decode: Callable[..., dict[str, Any]], 
                                  media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
     @app.post("/v1/embeddings", responses=error_responses(*_CODES), summary="text embeddings (OpenAI-compatible)",
-              include_in_schema="embeddings" in service.routes, openapi_extra={**extra, "requestBody": {"required": True, "content": {"application/json": {
+              include_in_schema="embeddings" in service.routes,
+              openapi_extra={**extra, "requestBody": {"required": True, "content": {"application/json": {
                   "schema": EmbeddingRequest.model_json_schema(ref_template="#/components/schemas/{model}")}}}})
     async def embeddings(request: Request) -> JSONResponse:
         route("embed")
