@@ -151,9 +151,11 @@ def _report(chats: dict, scale: dict, args, max_tokens: int, total_s: float, loa
     plain, ray = (list(scale.values())[i] for i in (0, 1))
     ratios = [f"{p['rps'] / r['rps']:.2f}x (concurrency {p['concurrency']})" for p, r in zip(plain, ray)]
     lines += ["", f"**Ray Serve's overhead: the plain server answers {' and '.join(ratios)} as many requests per second "
-              "as Ray Serve** at equal replicas on one host. Ray adds a proxy hop (an HTTP server in its own process, then an actor call to "
-              "the replica) and its controller, raylet and GCS processes on the same two cores; what it gives for "
-              "that is placement over several hosts, replica restarts and autoscaling (tests/test_serve_ray.py)."]
+              "as Ray Serve** at equal replicas on one host. Ray adds two hops (its HTTP proxy in its own process, "
+              "then polymodal's front deployment, which forwards each request to a replica through a handle so that "
+              "a dying replica's requests go to another one) and its controller, raylet and GCS processes on the "
+              "same two cores; what it gives for that is placement over several hosts, replica restarts and "
+              "autoscaling (tests/test_serve_ray.py)."]
     return "\n".join(lines) + "\n"
 
 
