@@ -315,6 +315,14 @@ def test_multimodal_instruct_run_takes_image_parts(tmp_path, tiny_model_dir):
         with pytest.raises(openai.UnprocessableEntityError) as e:
             client.chat.completions.create(model=run.name, messages=corrupt)
         assert "content[0]" in e.value.body["detail"]
+        # tritonclient: a TEXT question to the instruct run answers as the OpenAI route does with its defaults
+        text = triton.InferInput("TEXT", [1], "BYTES")
+        text.set_data_from_numpy(np.array([b"what is in this photo?"], dtype=np.object_))
+        got = triton.InferenceServerClient(srv.url.removeprefix("http://"), network_timeout=60).infer(
+            run.name, [text], headers=dict(AUTH)).as_numpy("TEXT")
+        plain = client.chat.completions.create(model=run.name, messages=[{"role": "user",
+                                                                          "content": "what is in this photo?"}])
+        assert [t.decode() if isinstance(t, bytes) else t for t in got] == [plain.choices[0].message.content]
     finally:
         srv.stop()
 
