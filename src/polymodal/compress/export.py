@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -288,25 +287,10 @@ def write_preprocessing(run: Run, folder: Path) -> dict[str, Any]:
 
 
 def _export(graph: ExportGraph, example: dict[str, torch.Tensor], path: Path, opset: int | None) -> None:
-    dynamic = tuple(_dynamic_axes(n, t) for n, t in example.items())
-    # The exporter logs that torchvision's operators are unavailable (we never use them) and prints progress.
-    quiet = logging.getLogger("torch.onnx")
-    level = quiet.level
-    quiet.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(graph, tuple(example.values()), str(path), input_names=list(example), output_names=[OUTPUT],
-                              dynamic_shapes=(dynamic,), dynamo=True, external_data=False, opset_version=opset,
-                              verbose=False)
-    except Exception as e:
-        root = e
-        while root.__cause__ is not None:  # the exporter wraps torch.export's error, which says what failed
-            root = root.__cause__
-        raise PolymodalError(f"ONNX export failed: {type(root).__name__}: {' '.join(str(root).split())[:400]}; rerun "
-                             "with -v for the exporter's trace") from e
-    finally:
-        quiet.setLevel(level)
+    from ..models.onnx_backend import export_onnx
+
+    export_onnx(graph, example, path, [OUTPUT], tuple(_dynamic_axes(n, t) for n, t in example.items()), opset,
+                "ONNX export", "rerun with -v for the exporter's trace")
 
 
 def quantize_onnx(src: Path, dst: Path) -> None:

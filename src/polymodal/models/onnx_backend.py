@@ -114,25 +114,33 @@ def _dynamic_shapes(names: tuple[str, ...]):
     return tuple({0: batch, 1: tokens} if n in ("input_ids", "attention_mask") else {0: batch} for n in names)
 
 
-def _export_bytes(encoder: torch.nn.Module, example: dict[str, torch.Tensor], path: Path) -> None:
-    names = tuple(example)
+def export_onnx(module: torch.nn.Module, example: dict[str, torch.Tensor], path: Path, output_names: list[str],
+                dynamic_shapes: tuple, opset: int | None, what: str, fix: str) -> None:
+    """torch's dynamo ONNX exporter, quiet (it logs that torchvision's operators are unavailable and prints
+    progress), outside inference mode; its failure as one line naming ``what`` failed and the ``fix``."""
     quiet = logging.getLogger("torch.onnx")
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), torch.inference_mode(False), torch.no_grad():
             warnings.simplefilter("ignore")
-            torch.onnx.export(_Graph(encoder, names), tuple(example.values()), str(path), input_names=list(names),
-                              output_names=["pooled", "sequence", "mask"], dynamic_shapes=(_dynamic_shapes(names),),
-                              dynamo=True, external_data=False, opset_version=OPSET, verbose=False)
+            torch.onnx.export(module, tuple(example.values()), str(path), input_names=list(example),
+                              output_names=output_names, dynamic_shapes=(dynamic_shapes,), dynamo=True,
+                              external_data=False, opset_version=opset, verbose=False)
     except Exception as e:
         root = e
-        while root.__cause__ is not None:
+        while root.__cause__ is not None:  # the exporter wraps torch.export's error, which says what failed
             root = root.__cause__
-        raise PolymodalError(f"ONNX export of the {encoder.modality} encoder failed: {type(root).__name__}: "
-                             f"{' '.join(str(root).split())[:300]}; set encoder.backend: torch") from e
+        raise PolymodalError(f"{what} failed: {type(root).__name__}: {' '.join(str(root).split())[:400]}; {fix}"
+                             ) from e
     finally:
         quiet.setLevel(level)
+
+
+def _export_bytes(encoder: torch.nn.Module, example: dict[str, torch.Tensor], path: Path) -> None:
+    names = tuple(example)
+    export_onnx(_Graph(encoder, names), example, path, ["pooled", "sequence", "mask"], _dynamic_shapes(names), OPSET,
+                f"ONNX export of the {encoder.modality} encoder", "set encoder.backend: torch")
 
 
 def session(path: Path, threads: int | None = None):
