@@ -130,6 +130,17 @@ class Service:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    async def decode(self, raw: RawInputs, where: str = "") -> dict[str, Any]:
+        """One example checked (the limits its headers tell) and decoded, in a thread; ``where`` names it in an error
+        (``instances[2]: ...``) when a request holds several."""
+        try:
+            check_inputs(raw, self.modalities, self.cfg)
+            return await run_in_threadpool(_decode, raw, self.cfg, self.sample_rates)
+        except RequestRejected as e:
+            if not where:
+                raise
+            raise RequestRejected(e.status, e.kind, f"{where}: {e.message}") from None
+
     def not_served(self, path: str) -> RequestRejected:
         """The 404 of a route this model does not answer, naming the routes it does."""
         what = {"transcriber": "a speech recogniser", "chat": "a chat model", "classifier": "a classifier run"}[self.kind]
@@ -144,9 +155,8 @@ class Service:
         ticket, deadline = request.state.ticket, request.state.deadline
         raw = await read_inputs(request)
         if isinstance(raw, list):
-            return await submit_many(self, raw, route, ticket, deadline, _decode)
-        check_inputs(raw, self.modalities, self.cfg)
-        decoded = await run_in_threadpool(_decode, raw, self.cfg, self.sample_rates)
+            return await submit_many(self, raw, route, ticket, deadline)
+        decoded = await self.decode(raw)
         if time.monotonic() >= deadline:
             raise DeadlineExceeded
         return await self.batchers[route].submit(decoded, ticket, deadline)
@@ -451,7 +461,7 @@ def create_app(run: Run | inference.Backend | str | Path, cfg: ServeConfig = Ser
         return Response(data, media_type=ctype)
 
     openai_api.register(app, service, _decode, secured)
-    v2_api.register(app, service, _decode)
+    v2_api.register(app, service)
     _add_security_scheme(app, cfg)
     return app
 

@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
 from typing import Any
 
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
-from .limits import RawInputs, RequestRejected, check_inputs, decode_base64
+from .limits import RawInputs, RequestRejected, decode_base64
 from .schemas import PredictRequest
 
 _KEYS = (b'"instances"', b'"inputs"')
@@ -68,8 +66,7 @@ def _example(i: int, x: Any) -> RawInputs:
                                  for f, v in (("image", one.image), ("audio", one.audio))))
 
 
-async def submit_many(service: Any, raws: list[RawInputs], route: str, ticket: Any, deadline: float,
-                      decode: Callable[..., dict[str, Any]]) -> Many:
+async def submit_many(service: Any, raws: list[RawInputs], route: str, ticket: Any, deadline: float) -> Many:
     """Check, decode and batch every example of one request; their results in order.
 
     Raises:
@@ -80,12 +77,6 @@ async def submit_many(service: Any, raws: list[RawInputs], route: str, ticket: A
     if len(raws) > cfg.max_batch_size:
         raise RequestRejected(413, "too_many_instances", f"{len(raws)} examples in one request; the limit is "
                                                          f"{cfg.max_batch_size} (serve --max-batch-size): split it")
-    decoded = []
-    for i, raw in enumerate(raws):
-        try:
-            check_inputs(raw, service.modalities, cfg)
-            decoded.append(await run_in_threadpool(decode, raw, cfg, service.sample_rates))
-        except RequestRejected as e:
-            raise RequestRejected(e.status, e.kind, f"instances[{i}]: {e.message}") from None
+    decoded = [await service.decode(raw, f"instances[{i}]") for i, raw in enumerate(raws)]
     batcher = service.batchers[route]
     return Many(await asyncio.gather(*(batcher.submit(d, ticket, deadline) for d in decoded)))

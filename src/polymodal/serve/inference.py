@@ -25,12 +25,8 @@ from typing import Any
 from ..classify.run import Run, load_run
 from ..speech.asr_run import Transcriber, is_transcriber, load_transcriber
 
-__all__ = ["Backend", "ChatItem", "KINDS", "ROUTES", "chat_batch", "embed_batch", "load_backend", "predict_batch",
+__all__ = ["Backend", "ChatItem", "chat_batch", "chat_options", "embed_batch", "load_backend", "predict_batch",
            "source_kind", "transcribe_batch"]
-
-KINDS = ("classifier", "transcriber", "chat")
-# The batched calls each kind answers; an align run (a classifier) answers embed only.
-ROUTES = {"classifier": ("predict", "embed"), "transcriber": ("transcribe",), "chat": ("chat",)}
 
 
 def source_kind(source: Run | str | os.PathLike) -> str:
@@ -127,6 +123,17 @@ class ChatItem:
     turns: list[Any]  # instruct.data.Turn
     options: Any  # instruct.generate.GenerationOptions
     on_text: Callable[[str], None] | None = None
+
+
+def chat_options(defaults: dict[str, Any], most_tokens: int, max_tokens: int | None = None,
+                 temperature: float | None = None, top_p: float | None = None, seed: int | None = None) -> Any:
+    """A chat request's ``GenerationOptions``: what it asked, else the run's generation defaults; new tokens at most
+    ``most_tokens`` by default (``serve.max_new_tokens``)."""
+    from ..instruct.generate import GenerationOptions
+
+    return GenerationOptions(max_new_tokens=max_tokens or min(defaults.get("max_new_tokens", 256), most_tokens),
+                             temperature=defaults.get("temperature", 0.0) if temperature is None else temperature,
+                             top_p=defaults.get("top_p", 1.0) if top_p is None else top_p, seed=seed or 0)
 
 
 def chat_batch(lm: Any, items: list[ChatItem]) -> list[dict[str, Any]]:

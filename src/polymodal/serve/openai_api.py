@@ -32,8 +32,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from .inference import ChatItem
-from .limits import RawInputs, RequestRejected, check_inputs, decode_base64
+from .inference import ChatItem, chat_options
+from .limits import RawInputs, RequestRejected, decode_base64
 from .schemas import error_responses
 
 _CODES = (401, 404, 413, 415, 422, 429, 500, 503, 504)
@@ -133,9 +133,8 @@ def register(app: FastAPI, service: Any, decode: Callable[..., dict[str, Any]], 
             raise RequestRejected(422, "invalid_request", f"{where}: {first['msg']}") from None
 
     async def run_one(request: Request, raw: RawInputs, name: str) -> Any:
-        check_inputs(raw, service.modalities, service.cfg)
-        decoded = await run_in_threadpool(decode, raw, service.cfg, service.sample_rates)
-        return await service.batchers[name].submit(decoded, request.state.ticket, request.state.deadline)
+        return await service.batchers[name].submit(await service.decode(raw), request.state.ticket,
+                                                   request.state.deadline)
 
     @app.get("/v1/models", response_model=ModelList, responses=error_responses(401, 429, 503),
              openapi_extra=extra, summary="the model served (OpenAI-compatible)")
@@ -153,7 +152,7 @@ def register(app: FastAPI, service: Any, decode: Callable[..., dict[str, Any]], 
         tmp = Path(tempfile.mkdtemp(prefix="polymodal-chat-"))  # the attachments, until the answer is generated
         try:
             turns = await run_in_threadpool(_turns, body, service, decode, tmp)
-            item = ChatItem(turns, _options(body, service.backend.model.defaults, service.cfg.max_new_tokens))
+            item = ChatItem(turns, _options(body, service))
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -199,13 +198,10 @@ def register(app: FastAPI, service: Any, decode: Callable[..., dict[str, Any]], 
         if not texts or len(texts) > service.cfg.max_batch_size:
             raise RequestRejected(413 if texts else 422, "bad_input", f"input: send 1 to {service.cfg.max_batch_size} "
                                                                       f"texts, got {len(texts)}")
-        for i, t in enumerate(texts):
-            try:
-                check_inputs(RawInputs(text=t), service.modalities, service.cfg)
-            except RequestRejected as e:
-                raise RequestRejected(e.status, e.kind, f"input[{i}]: {e.message}") from None
-        vectors = [r["text"] for r in await asyncio.gather(*(run_one(request, RawInputs(text=t), "embed")
-                                                                for t in texts))]
+        decoded = [await service.decode(RawInputs(text=t), f"input[{i}]") for i, t in enumerate(texts)]
+        batcher = service.batchers["embed"]
+        vectors = [r["text"] for r in await asyncio.gather(*(batcher.submit(d, request.state.ticket,
+                                                                            request.state.deadline) for d in decoded))]
         tokens = sum(service.backend.token_count(t) for t in texts)
         data = [{"object": "embedding", "index": i,
                  "embedding": base64.b64encode(np.asarray(v, dtype="<f4").tobytes()).decode()
@@ -263,18 +259,13 @@ def _chat_schema(most_tokens: int) -> dict[str, Any]:
     return schema
 
 
-def _options(body: ChatRequest, defaults: dict[str, Any], most_tokens: int) -> Any:
-    from ..instruct.generate import GenerationOptions
-
+def _options(body: ChatRequest, service: Any) -> Any:
+    most_tokens = service.cfg.max_new_tokens
     asked = body.max_completion_tokens or body.max_tokens
     if asked is not None and asked > most_tokens:
         raise RequestRejected(422, "too_many_tokens", f"max_tokens: at most {most_tokens} on this server (serve "
                                                       f"--max-new-tokens), got {asked}")
-    return GenerationOptions(max_new_tokens=asked or min(defaults.get("max_new_tokens", 256), most_tokens),
-                             temperature=body.temperature if body.temperature is not None
-                             else defaults.get("temperature", 0.0),
-                             top_p=body.top_p if body.top_p is not None else defaults.get("top_p", 1.0),
-                             seed=body.seed or 0)
+    return chat_options(service.backend.model.defaults, most_tokens, asked, body.temperature, body.top_p, body.seed)
 
 
 _SUFFIX = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp", "BMP": ".bmp", "GIF": ".gif", "WAV": ".wav",

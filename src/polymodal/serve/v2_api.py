@@ -18,13 +18,11 @@ from __future__ import annotations
 import asyncio
 import json
 import struct
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
-from starlette.concurrency import run_in_threadpool
 
 from .limits import RawInputs, RequestRejected, check_inputs
 from .schemas import error_responses
@@ -126,8 +124,8 @@ def read_tensors(doc: dict, binary: bytes) -> dict[str, tuple[str, list[Any]]]:
     return tensors
 
 
-def register(app: FastAPI, service: Any, decode: Callable[..., dict[str, Any]]) -> None:
-    """Add the v2 routes to ``app``; ``decode`` is the service's media decoder (limits enforced)."""
+def register(app: FastAPI, service: Any) -> None:
+    """Add the v2 routes to ``app``."""
 
     def check_name(name: str) -> None:
         if name != service.model_name:
@@ -174,16 +172,9 @@ def register(app: FastAPI, service: Any, decode: Callable[..., dict[str, Any]]) 
                                                              f"{cfg.max_batch_size}: split it")
         route = {"transcriber": "transcribe", "chat": "chat"}.get(service.kind,
                                                                   "embed" if service.backend.is_align else "predict")
-        decoded = []
-        for i, it in enumerate(items):
-            try:
-                if isinstance(it, RawInputs):
-                    check_inputs(it, service.modalities, cfg)
-                    decoded.append(await run_in_threadpool(decode, it, cfg, service.sample_rates))
-                else:
-                    decoded.append(it)
-            except RequestRejected as e:
-                raise RequestRejected(e.status, e.kind, f"example {i}: {e.message}") from None
+        # FP32 audio samples and chat items arrive ready; file bytes are checked and decoded as on /v1
+        decoded = [await service.decode(it, f"example {i}") if isinstance(it, RawInputs) else it
+                   for i, it in enumerate(items)]
         batcher = service.batchers[route]
         results = await asyncio.gather(*(batcher.submit(d, request.state.ticket, request.state.deadline)
                                          for d in decoded))
@@ -269,15 +260,10 @@ def _examples(service: Any, tensors: dict[str, tuple[str, list[Any], list[int]]]
 
 def _chat_item(service: Any, raw: RawInputs) -> Any:
     from ..instruct.data import Turn
-    from ..instruct.generate import GenerationOptions
-    from .inference import ChatItem
+    from .inference import ChatItem, chat_options
 
     check_inputs(raw, ("text",), service.cfg)
-    d = service.backend.model.defaults
-    return ChatItem([Turn("user", raw.text)], GenerationOptions(max_new_tokens=min(d.get("max_new_tokens", 256),
-                                                                                   service.cfg.max_new_tokens),
-                                                                temperature=d.get("temperature", 0.0),
-                                                                top_p=d.get("top_p", 1.0)))
+    return ChatItem([Turn("user", raw.text)], chat_options(service.backend.model.defaults, service.cfg.max_new_tokens))
 
 
 def _outputs(service: Any, results: list[Any]) -> list[dict]:
