@@ -19,7 +19,7 @@ from ..data import load_manifest, require_clean
 from ..data.manifest import Example
 from ..errors import PolymodalError
 from ..features import load_input
-from ..models.text import in_length_order, length_order
+from ..models.text import in_length_order, length_chunks
 from ..train import checkpoint as ckpt
 from ..train.config import CACHED_MODES, TrainConfig, load_config
 from ..train.data import FeatureTable, RawBatch, batch_order, make_splits, raw_batch
@@ -154,10 +154,8 @@ class Run:
         """
         if bucket_size and "text" in self.model.encoders and len(items) > bucket_size:
             rows: list[dict[str, torch.Tensor]] = [{} for _ in items]
-            order = length_order([str(it.get("text") or "") for it in items],
-                                 getattr(self.model.encoders["text"], "tokenizer", None))
-            for start in range(0, len(order), bucket_size):  # length-sorted sub-batches, as predict_items
-                idx = order[start:start + bucket_size]
+            for idx in length_chunks([str(it.get("text") or "") for it in items],  # sub-batches, as predict_items
+                                     getattr(self.model.encoders["text"], "tokenizer", None), bucket_size):
                 for j, r in zip(idx, self.embed_items([items[j] for j in idx])):
                     rows[j] = r
             return rows

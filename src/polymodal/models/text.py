@@ -84,12 +84,19 @@ def length_order(texts: Sequence[str], tokenizer=None) -> list[int]:
     return sorted(range(len(texts)), key=lengths.__getitem__)
 
 
+def length_chunks(texts: Sequence[str], tokenizer, size: int) -> list[list[int]]:
+    """``length_order`` cut into chunks of ``size`` indices: batches of similar lengths, shortest first."""
+    order = length_order(texts, tokenizer)
+    return [order[i : i + size] for i in range(0, len(order), size)]
+
+
 def in_length_order(texts: Sequence[str], tokenizer, size: int,
                     run: Callable[[list[int]], torch.Tensor]) -> torch.Tensor:
-    """``run`` on chunks of ``size`` indices taken from the shortest text to the longest (``length_order``), its
-    rows concatenated and put back in the input order. ``texts`` must not be empty."""
-    order = length_order(texts, tokenizer)
-    out = torch.cat([run(order[i : i + size]) for i in range(0, len(order), size)])
+    """``run`` on ``length_chunks`` of ``size`` indices, its rows concatenated and put back in the input order.
+    ``texts`` must not be empty."""
+    chunks = length_chunks(texts, tokenizer, size)
+    order = [i for chunk in chunks for i in chunk]
+    out = torch.cat([run(chunk) for chunk in chunks])
     restored = torch.empty_like(out)
     restored[torch.tensor(order)] = out
     return restored
