@@ -123,14 +123,14 @@ class FasterWhisperRecognizer:
         above 2.4, or the token cap of ``MAX_TOKENS_PER_S`` per second reached): the caller decodes that clip again
         with the full window. Too short a window makes Whisper repeat itself ("one one one ...").
         """
-        import ctranslate2
+        from faster_whisper.transcribe import get_compression_ratio
 
         samples = int(round(window_s * SAMPLE_RATE_HZ))
         frames = 2 * (samples // (2 * HOP_LENGTH))  # an even frame count: the encoder's second conv has stride 2
         padded = np.zeros(max(samples, len(wave)), dtype=np.float32)
         padded[: len(wave)] = wave
         features = self.model.feature_extractor(padded)[:, :frames]  # the log-mel of the clip and its silence
-        encoded = self.model.encode(np.ascontiguousarray(features[None]))
+        encoded = self.model.encode(features)  # a StorageView, on the CPU
         if self._prompt is None:
             from faster_whisper.tokenizer import Tokenizer
 
@@ -138,23 +138,14 @@ class FasterWhisperRecognizer:
                                         language=self.language)
             self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
         cap = min(self.model.max_length - len(self._prompt), int(MIN_TOKENS + MAX_TOKENS_PER_S * seconds))
-        result = self.model.model.generate(encoded if isinstance(encoded, ctranslate2.StorageView) else
-                                           ctranslate2.StorageView.from_array(encoded), [self._prompt],
-                                           beam_size=self.beam_size, max_length=len(self._prompt) + cap,
-                                           suppress_blank=True, suppress_tokens=[-1])[0]
+        result = self.model.model.generate(encoded, [self._prompt], beam_size=self.beam_size,
+                                           max_length=len(self._prompt) + cap, suppress_blank=True,
+                                           suppress_tokens=[-1])[0]
         ids = result.sequences_ids[0]
         text = self._tokenizer.decode(ids).strip()
-        if len(ids) >= cap or _compression_ratio(text) > 2.4:
+        if len(ids) >= cap or get_compression_ratio(text) > 2.4:
             return None
         return text
-
-
-def _compression_ratio(text: str) -> float:
-    """len(text) / len(gzip(text)): Whisper's test for repetitive output (its decoder falls back above 2.4)."""
-    import zlib
-
-    data = text.encode("utf-8")
-    return len(data) / len(zlib.compress(data)) if data else 0.0
 
 
 def load_hf_whisper(model_dir: str | os.PathLike):
