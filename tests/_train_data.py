@@ -36,3 +36,17 @@ def write_dataset(root: Path, n: int = 30, audio: bool = False, missing_text_eve
         lines.append(",".join([*cells, "rgb"[y], split]))
     (root / "m.csv").write_text("\n".join(lines) + "\n")
     return root / "m.csv"
+
+
+def train_align_run(root: Path, clip_dir: Path) -> Path:
+    """A tiny CLIP alignment run (8-d joint space, one epoch, linear probe) on ``write_dataset``'s rows under
+    ``root``: its folder."""
+    from polymodal.tasks import train
+    from polymodal.train.config import config_from_dict
+
+    clip = str(clip_dir)
+    return train(config_from_dict({
+        "task": "align", "data": {"manifest": str(write_dataset(root / "d", n=12))},
+        "model": {"encoders": {"image": {"model": clip}, "text": {"model": clip}}, "align": {"dim": 8}},
+        "tuning": {"mode": "linear_probe"}, "optim": {"epochs": 1, "batch_size": 4}, "out_dir": str(root / "al")}),
+        progress=False)

@@ -683,17 +683,9 @@ def test_cross_encoder_reranker_reorders_the_top_hits(kb, tmp_path):
 
 
 def test_images_are_embedded_by_an_aligned_run_and_join_the_hybrid_ranking(tmp_path, tiny_model_dir):
-    from _train_data import write_dataset
+    from _train_data import train_align_run
 
-    from polymodal.train.config import config_from_dict
-    from polymodal.tasks import train
-
-    clip = str(tiny_model_dir("clip"))
-    run = train(config_from_dict({
-        "task": "align", "data": {"manifest": str(write_dataset(tmp_path / "d", n=12))},
-        "model": {"encoders": {"image": {"model": clip}, "text": {"model": clip}}, "align": {"dim": 8}},
-        "tuning": {"mode": "linear_probe"}, "optim": {"epochs": 1, "batch_size": 4}, "out_dir": str(tmp_path / "al")}),
-        progress=False)
+    run = train_align_run(tmp_path, tiny_model_dir("clip"))
     src = _sources(tmp_path / "src")
     report = build_kb([src], tmp_path / "kb", _config(tiny_model_dir, image_run=str(run)), progress=False)
     assert report.images_embedded == 1 and not report.notes  # logo.png; HTML/Markdown pictures are not local files

@@ -14,12 +14,11 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from _train_data import write_dataset
+from _train_data import train_align_run
 from test_serve import AUTH, KEY, Server, _b64, _free_port, _png, _wav, run_dir  # noqa: F401 (run_dir: a fixture)
 from test_speech import asr_model_dir  # noqa: F401 (a fixture)
 from polymodal.serve import ServeConfig, create_app
 from polymodal.tasks import train
-from polymodal.train.config import config_from_dict
 
 openai = pytest.importorskip("openai")
 triton = pytest.importorskip("tritonclient.http")
@@ -179,12 +178,7 @@ def test_schema_fuzzing_of_the_compatible_routes_finds_no_server_error(classifie
 # --- an align run: /v1/embeddings is its joint space --------------------------------------------------------------
 
 def test_align_run_embeds_in_its_joint_space(tmp_path, tiny_model_dir):
-    clip = str(tiny_model_dir("clip"))
-    run = train(config_from_dict({
-        "task": "align", "data": {"manifest": str(write_dataset(tmp_path / "d", n=12))},
-        "model": {"encoders": {"image": {"model": clip}, "text": {"model": clip}}, "align": {"dim": 8}},
-        "tuning": {"mode": "linear_probe"}, "optim": {"epochs": 1, "batch_size": 4}, "out_dir": str(tmp_path / "al")}),
-        progress=False)
+    run = train_align_run(tmp_path, tiny_model_dir("clip"))
     srv = _serve(run)
     try:
         got = _client(srv).embeddings.create(model=run.name, input=["a red square", "a blue circle"])
