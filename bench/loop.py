@@ -82,7 +82,7 @@ def loop_parts(off: set[str], n_classes: int, spent: dict[str, float] | None = N
     from polymodal.train import checkpoint as ckpt
     from polymodal.train import loop
 
-    names = [(loop, "_log"), (loop, "open_trackers"), (head, "predict_split"), (head, "scores"),
+    names = [(loop._Log, "row"), (loop, "open_trackers"), (head, "predict_split"), (head, "scores"),
              (head, "write_results"), (ckpt, "save_weights"), (ckpt, "save_checkpoint"), (ckpt, "load_weights")]
     saved = {key: getattr(*key) for key in names}
     in_loop = [True]
@@ -109,12 +109,12 @@ def loop_parts(off: set[str], n_classes: int, spent: dict[str, float] | None = N
 
     patches = {(head, "write_results"): finish}
     if spent is not None:
-        patches |= {(loop, "_log"): timed("logging", loop._log),
+        patches |= {(loop._Log, "row"): timed("logging", loop._Log.row),
                     (head, "predict_split"): timed("validation", head.predict_split),
                     (head, "scores"): timed("validation", head.scores),
                     **{(ckpt, n): timed("checkpoints", getattr(ckpt, n)) for n in ("save_weights", "save_checkpoint", "load_weights")}}
     if "logging" in off:
-        patches |= {(loop, "_log"): nothing, (loop, "open_trackers"): lambda *a, **k: []}
+        patches |= {(loop._Log, "row"): nothing, (loop, "open_trackers"): lambda *a, **k: []}
     if "validation" in off:
         patches |= {(head, "predict_split"): uniform, (head, "scores"): lambda *a, **k: {"accuracy": 0.0, "macro_f1": 0.0}}
     if "checkpoints" in off:
@@ -492,7 +492,7 @@ def render(r: dict, args) -> str:
     f = r["full"]
     fres = f["results"]
     fp, fb = fres["plain PyTorch loop"], fres["polymodal"]
-    fp_s, fb_s = _median(fp), _median(fb)
+    fp_s = _median(fp)
     fspent = {part: statistics.median(t.spent.get(part, 0.0) for t in fb) for part in PARTS}
     L += [
         "## 2. Full fine-tuning: the audio-cnn on raw audio",

@@ -164,7 +164,8 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
         (run_dir / run_folder.LOG).unlink(missing_ok=True)  # left by a run that died before its first checkpoint
     ddp = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=task.ddp_find_unused) \
         if world > 1 else model
-    trackers = open_trackers(cfg.logging, run_dir, flat(cfg.to_dict())) if main_process else []
+    logs = _Log(run_dir / run_folder.LOG, fields, open_trackers(cfg.logging, run_dir, flat(cfg.to_dict()))) \
+        if main_process else None
     writer = ckpt.BackgroundWriter()  # checkpoints are copied in the loop and written beside it
     best = _BestWeights(run_dir / ckpt.WEIGHTS)
 
@@ -219,10 +220,8 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
                 # and always at a checkpoint and at the epoch's end, so a resumed run's log has no gap.
                 if main_process and (len(pending) >= cfg.logging.every_n_steps or checkpoint_now
                                      or step_in_epoch == len(steps) - 1):
-                    _log(run_dir, trackers, fields, {"epoch": epoch + 1, "step": global_step,
-                                                     "train_loss": f"{sum(pending) / len(pending):.6f}",
-                                                     "lr": f"{scheduler.get_last_lr()[0]:.3e}",
-                                                     "seconds": f"{time.perf_counter() - start:.2f}"})
+                    logs.row({"epoch": epoch + 1, "step": global_step, "train_loss": f"{sum(pending) / len(pending):.6f}",
+                              "lr": f"{scheduler.get_last_lr()[0]:.3e}", "seconds": f"{time.perf_counter() - start:.2f}"})
                     pending.clear()
                 if checkpoint_now and main_process:
                     last_checkpoint = time.perf_counter()
@@ -240,8 +239,7 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
                 val = task.validate(device)
                 shown = {f"val_{k}": f"{v:.6f}" if k == "loss" else f"{v:.4f}"
                          for k, v in val.items() if f"val_{k}" in fields}
-                _log(run_dir, trackers, fields, {"epoch": epoch + 1, "step": global_step, **shown,
-                                       "seconds": f"{time.perf_counter() - start:.2f}"})
+                logs.row({"epoch": epoch + 1, "step": global_step, **shown, "seconds": f"{time.perf_counter() - start:.2f}"})
                 metric = val[task.metric]
                 if position["best"] is None or sign * metric > sign * position["best"]:
                     position["best"], position["bad_epochs"], position["best_epoch"] = metric, 0, epoch + 1
@@ -287,8 +285,8 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
         try:
             writer.wait()  # also when training stops on an error or Ctrl-C: the last checkpoint is on disk
         finally:
-            for tracker in trackers:
-                tracker.close()
+            if logs is not None:
+                logs.close()
 
 
 class StepRng:
@@ -347,17 +345,29 @@ def _check_replicas(model: nn.Module, run_dir: Path, world: int, main_process: b
         raise PolymodalError(f"DDP replicas diverged: weights differ by up to {diff:g} between ranks")
 
 
-def _log(run_dir: Path, trackers: list, fields: tuple[str, ...], row: dict[str, object]) -> None:
-    path = run_dir / run_folder.LOG
-    new = not path.exists()
-    with open(path, "a", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+class _Log:
+    """log.csv and the trackers (TensorBoard, ...). The file stays open for the run (opening it per row cost more
+    than the row) and each row is flushed at once, so ``polymodal studio`` and ``tail -f`` see it as it is written."""
+
+    def __init__(self, path: Path, fields: tuple[str, ...], trackers: list):
+        new = not path.exists()
+        self._file = open(path, "a", newline="")
+        self._csv = csv.DictWriter(self._file, fieldnames=fields)
         if new:
-            w.writeheader()
-        w.writerow(row)
-    numbers = {k: float(v) for k, v in row.items() if k not in ("epoch", "step") and v not in ("", None)}
-    for tracker in trackers:
-        tracker.log(numbers, int(row["step"]))
+            self._csv.writeheader()
+        self.trackers = trackers
+
+    def row(self, row: dict[str, object]) -> None:
+        self._csv.writerow(row)
+        self._file.flush()
+        numbers = {k: float(v) for k, v in row.items() if k not in ("epoch", "step") and v not in ("", None)}
+        for tracker in self.trackers:
+            tracker.log(numbers, int(row["step"]))
+
+    def close(self) -> None:
+        self._file.close()
+        for tracker in self.trackers:
+            tracker.close()
 
 
 def _truncate_log(path: Path, global_step: int, fields: tuple[str, ...]) -> None:
