@@ -472,7 +472,7 @@ def render(r: dict, args) -> str:
         "| part | seconds | per | share of the loop |",
         "| --- | ---: | --- | ---: |",
         f"| log rows (log.csv + TensorBoard; a row every {every} steps and at each epoch's end) | {spent['logging']:.2f} | {1e6 * spent['logging'] / max(1, rows):,.0f} µs per row (about {rows} rows) | {100 * spent['logging'] / base_s:.0f}% |",
-        f"| validation pass + scores, per epoch | {spent['validation']:.2f} | {1e3 * spent['validation'] / epochs:,.1f} ms per epoch | {100 * spent['validation'] / base_s:.0f}% |",
+        f"| validation pass (the split in one batch) + accuracy and macro F1, per epoch | {spent['validation']:.2f} | {1e3 * spent['validation'] / epochs:,.1f} ms per epoch | {100 * spent['validation'] / base_s:.0f}% |",
         f"| best weights + resumable checkpoint, per epoch (+ final reload) | {spent['checkpoints']:.2f} | {1e3 * spent['checkpoints'] / epochs:,.1f} ms per epoch | {100 * spent['checkpoints'] / base_s:.0f}% |",
         f"| the steps themselves (the rest) | {base_s - sum(spent.values()):.2f} | {1e3 * (base_s - sum(spent.values())) / steps:.2f} ms per step | {100 * (base_s - sum(spent.values())) / base_s:.0f}% |",
         f"| plain loop, for comparison | {plain_s:.2f} | {1e3 * plain_s / plain[0].steps:.2f} ms per step | |",
@@ -544,7 +544,7 @@ def _probe_sentence(res: dict[str, list[Timing]], spent: dict, epochs: int) -> s
            f"so the loop's own machinery costs about {100 * (stripped_s / plain_s - 1):.0f}% beyond those parts. ")
         + f"What it does cost is the three parts, {sum(spent.values()):.2f} s together "
         f"({100 * sum(spent.values()) / base_s:.0f}% of its loop): {1e6 * spent['logging'] / max(1, steps):,.0f} µs per "
-        f"step for the log row (log.csv opened and appended, three TensorBoard scalars) and {per_epoch_ms:,.0f} ms per "
+        f"step for the log row (a log.csv row written and flushed, three TensorBoard scalars) and {per_epoch_ms:,.0f} ms per "
         "epoch for validation and the two checkpoint writes. "
         + ("Switching any one part off saves less than the spread of the plain loop's own repeats "
            f"({hi - lo:.2f} s), so the one-part rows above only roughly match the timed parts. "

@@ -187,13 +187,14 @@ def run_loop(cfg: TrainConfig, task: Task, device: torch.device, *, rank: int = 
             for step_in_epoch in range(first, len(steps)):
                 optimizer.zero_grad(set_to_none=True)
                 total_loss = 0.0
+                n_micro = len(steps[step_in_epoch])
                 for micro, idx in enumerate(steps[step_in_epoch]):
                     rng = StepRng((cfg.optim.seed, epoch, step_in_epoch, micro, rank))
-                    sync = contextlib.nullcontext() if world == 1 or micro == len(steps[step_in_epoch]) - 1 else ddp.no_sync()
+                    sync = contextlib.nullcontext() if world == 1 or micro == n_micro - 1 else ddp.no_sync()
                     with sync, autocast(cfg, device):
                         loss = task.loss(ddp, idx, rng, device)
-                        scaler.scale(loss / len(steps[step_in_epoch])).backward()
-                    total_loss += loss.item() / len(steps[step_in_epoch])
+                        scaler.scale(loss if n_micro == 1 else loss / n_micro).backward()  # no graph node for "/ 1"
+                    total_loss += loss.item() / n_micro
                 if world > 1:  # log the global batch's loss, not this rank's share
                     reduced = torch.tensor([total_loss], device=device)
                     torch.distributed.all_reduce(reduced)
