@@ -186,3 +186,29 @@ def test_efficientnet_evaluates_channels_last_with_the_same_features_and_trains_
     torch.testing.assert_close(got.sequence, want.flatten(2).transpose(1, 2), atol=1e-4, rtol=1e-4)
     enc.train()
     assert enc.backbone._conv_stem.weight.is_contiguous()
+
+
+def test_frozen_image_batches_keep_their_largest_activation_under_the_malloc_threshold(tmp_path):
+    """A big input (EfficientNet-Lite0 at 224 px: 96 x 113 x 113 floats at its widest) gets a small batch; a small
+    one keeps the requested batch; features do not depend on the batch the encoder ran in."""
+    from polymodal.data.manifest import Example
+    from polymodal.features import encode
+    from polymodal.models.encoder import FAULT_FREE_BYTES, fault_free_batch_size, largest_activation_bytes
+
+    torch.manual_seed(0)
+    big = EfficientNetLiteEncoder(build_efficientnet_lite0(None), image_size=224, augment=None)
+    one = big.prepare([Image.new("RGB", (40, 30), "red")])
+    widest = largest_activation_bytes(big, one)
+    assert widest == 96 * 113 * 113 * 4  # the expanded 112 x 112 map, zero-padded for the "same" depthwise conv
+    assert fault_free_batch_size(big, one, 32) == FAULT_FREE_BYTES // widest < 32
+    small = EfficientNetLiteEncoder(build_efficientnet_lite0(None), image_size=32, augment=None)
+    assert fault_free_batch_size(small, small.prepare([Image.new("RGB", (40, 30), "red")]), 32) == 32
+
+    paths = []
+    for i in range(7):
+        paths.append(tmp_path / f"{i}.png")
+        Image.fromarray(np.random.default_rng(i).integers(0, 255, (30, 40, 3), dtype=np.uint8)).save(paths[-1])
+    examples = [Example(row=i + 2, image=str(p)) for i, p in enumerate(paths)]
+    got = encode("efficientnet-lite0", examples, "image", cache=False, encoder=big, progress=False).pooled
+    alone = torch.cat([big(big.prepare([Image.open(p).convert("RGB")])).pooled for p in paths])
+    torch.testing.assert_close(got, alone, atol=1e-4, rtol=1e-4)

@@ -21,6 +21,7 @@ from ..data.manifest import Example
 from ..errors import MediaError, PolymodalError
 from ..models import Encoder, EncoderConfig, build_frozen_encoder, encoder_key, encoder_modality
 from ..models.text import length_order
+from ..models.encoder import fault_free_batch_size
 from .cache import FeatureCache
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,9 @@ def _run_encoder(encoder: Encoder, modality: str, examples: list[Example], keys:
         order = sorted(range(len(examples)), key=[_seconds(ex) for ex in examples].__getitem__)
     if order is not None:
         examples, keys = [examples[i] for i in order], [keys[i] for i in order]
+    if modality == "image" and isinstance(encoder, torch.nn.Module) and examples:  # torch, not ONNX Runtime
+        one = encoder.prepare([load_input(modality, examples[0], sample_rate)], train=False)
+        batch_size = fault_free_batch_size(encoder, one, batch_size)
     out: dict[str, dict[str, torch.Tensor]] = {}
     bar = tqdm(total=len(examples), desc=f"encoding {modality}", unit="item", disable=None if progress else True)
     try:
