@@ -38,7 +38,7 @@ def window_seconds(seconds: float, min_window_s: float | None, margin_s: float |
 
 def window_frames(window_s: float) -> int:
     """Log-mel frames of a window: an even count (the encoder's second convolution has stride 2)."""
-    samples = int(round(window_s * SAMPLE_RATE_HZ))
+    samples = round(window_s * SAMPLE_RATE_HZ)
     return 2 * (samples // (2 * HOP_LENGTH))
 
 

@@ -1,0 +1,162 @@
+"""``bench/whisper_window.py --transformers``: the shortened window on the transformers engine (fp32) and in ASR
+fine-tuning, in steps that each fit one hold of the heavy lock and resume from the state kept in
+``bench/work/whisper_window_tf/`` (runs, the feature cache, the converted Whisper, ``state.pkl``).
+
+Steps:
+- ``zero-shot``: the converted Whisper base, zero-shot, at the full 30 s window and at the default shortened one
+  (clip + 1 s, at least 10 s), on the FSDD test clips and the LibriVox sentences;
+- ``train-full`` / ``train-short``: full fine-tuning of the decoder (bench/asr_finetune.py's setup: frozen encoder,
+  its outputs cached, batch 8, lr 5e-5, the checkpoint with the lowest validation WER) once on full-window encoder
+  outputs (``asr.min_window_s: null``) and once on shortened ones (``asr.min_window_s: 10``);
+- ``score``: each tuned run through its transcriber (``load_transcriber``) at both windows, on the same clips.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import time
+from pathlib import Path
+
+from _harness import WORK, log
+
+STEPS = ("zero-shot", "train-full", "train-short", "score")
+STATE_DIR = WORK / "whisper_window_tf"
+WINDOWS = (("full 30 s", None), ("clip + 1 s, at least 10 s", 10.0))
+ZERO = "Whisper base zero-shot"
+TUNED = {"train-full": "tuned on full-window outputs", "train-short": "tuned on shortened-window outputs"}
+
+
+def _state() -> dict:
+    path = STATE_DIR / "state.pkl"
+    return pickle.loads(path.read_bytes()) if path.exists() else {"scores": {}, "runs": {}, "loads": []}
+
+
+def _save(state: dict) -> None:
+    (STATE_DIR / "state.pkl").write_bytes(pickle.dumps(state))
+
+
+def _score(recognizer, rows: list[dict], waves: list) -> dict:
+    from polymodal.eval.asr import asr_scores
+
+    recognizer.fallbacks = 0
+    recognizer.decode(waves[:1])  # warm-up
+    recognizer.fallbacks = 0
+    start = time.perf_counter()
+    hyps = recognizer.decode(waves)
+    seconds = time.perf_counter() - start
+    audio_s = sum(len(w) for w in waves) / 16_000
+    return {"wer": asr_scores([r["text"] for r in rows], hyps).overall.wer, "rtf": seconds / audio_s,
+            "per_clip_ms": 1000 * seconds / len(waves), "n": len(waves), "audio_s": audio_s,
+            "fallbacks": recognizer.fallbacks, "hyps": hyps}
+
+
+def _both_windows(model_label: str, model, processor, sets: dict, state: dict) -> None:
+    from polymodal.speech.engines import TransformersRecognizer
+    from polymodal.speech.window import WINDOW_MARGIN_S
+
+    for window_label, least in WINDOWS:
+        rec = TransformersRecognizer("", model=model, processor=processor, batch_size=8,
+                                     window_margin_s=None if least is None else WINDOW_MARGIN_S, min_window_s=least or 0.0)
+        for name, (rows, waves) in sets.items():
+            r = state["scores"][model_label, name, window_label] = _score(rec, rows, waves)
+            log(f"{model_label} / {name} / {window_label}: WER {100 * r['wer']:.1f}%, RTF {r['rtf']:.2f}, "
+                f"fallbacks {r['fallbacks']}")
+
+
+def run_steps(steps: list[str], data: Path, per_pair: int, epochs: int, test_every: int) -> dict:
+    """Run ``steps`` (those not done yet where empty) and return the kept state."""
+    import torch
+
+    torch.set_num_threads(2)
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    os.environ["POLYMODAL_CACHE"] = str(STATE_DIR / "cache")  # a cold feature cache for the runs, kept across steps
+    from asr_finetune import asr_config, fsdd_rows, train_run, write_manifest
+    from _datasets import librivox
+
+    from polymodal.data.audio import load_audio
+
+    state = _state()
+    rows = fsdd_rows(data, per_pair, test_every)
+    manifest = write_manifest(STATE_DIR / "fsdd", rows, "fsdd.csv")
+    state["counts"] = {s: sum(r["split"] == s for r in rows) for s in ("train", "val", "test")}
+    state["setup"] = {"per_pair": per_pair, "epochs": epochs, "test_every": test_every}
+    test = [{"text": r["text"], "path": r["src"]} for r in rows if r["split"] == "test"]
+    sets = {"FSDD digits": (test, [load_audio(r["path"]) for r in test])}
+    lib = librivox()
+    if lib:
+        sets["LibriVox sentences"] = (lib, [load_audio(r["path"]) for r in lib])
+    todo = steps or [s for s in STEPS if s not in state.get("done", [])]
+    for step in todo:
+        t0, load0 = time.time(), os.getloadavg()[0]
+        log(f"step {step}")
+        if step == "zero-shot":
+            from polymodal.speech.asr_task import load_whisper
+
+            model, processor = load_whisper("whisper-base-hf")
+            _both_windows(ZERO, model.eval(), processor, sets, state)
+        elif step in TUNED:
+            cfg = asr_config(manifest, STATE_DIR / "runs" / step, "full", epochs)
+            cfg["asr"]["min_window_s"] = None if step == "train-full" else 10.0
+            run, metrics, seconds = train_run(cfg)
+            state["runs"][step] = {"path": str(run), "metrics": metrics, "seconds": seconds}
+            log(f"{step}: {run}, test WER {metrics['test_before']['wer']:.3f} -> {metrics['test']['wer']:.3f}, {seconds:.0f} s")
+        elif step == "score":
+            from polymodal.speech.asr_run import load_transcriber
+
+            for name, label in TUNED.items():
+                t = load_transcriber(state["runs"][name]["path"])
+                _both_windows(label, t.recognizer.model, t.recognizer.processor, sets, state)
+        state.setdefault("done", []).append(step)
+        state["loads"].append((step, load0, os.getloadavg()[0], time.time() - t0))
+        _save(state)
+    return state
+
+
+def report(state: dict) -> list[str]:
+    """The Markdown section of the state's results."""
+    from datetime import datetime, timezone
+
+    from _harness import pct
+
+    c, setup = state["counts"], state["setup"]
+    loads = ", ".join(f"{step} {a:.2f}->{b:.2f} ({s / 60:.1f} min)" for step, a, b, s in state["loads"])
+    lines = ["<!-- transformers: written by `python bench/whisper_window.py --transformers` -->",
+             "## The transformers engine (fp32) and fine-tuning with the shortened window", "",
+             f"- Date {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; torch with 2 threads; run in steps (1-minute load "
+             f"average at the start -> end of each, and its wall time: {loads}).",
+             f"- Whisper base (bundled, converted to transformers) in float32, greedy, English, batches of 8 clips in "
+             f"order of length, each batch in the window of its longest clip. FSDD: every {setup['test_every']}th test "
+             f"clip ({c['test']}); fine-tuning: full fine-tuning of the decoder (encoder frozen, its outputs cached), "
+             f"bench/asr_finetune.py's setup with fewer clips to fit the time: {c['train']} training clips "
+             f"({setup['per_pair']} per digit x speaker), {c['val']} validation clips, {setup['epochs']} epochs, batch 8, "
+             "lr 5e-5, the checkpoint with the lowest validation WER.", ""]
+    for name in ("FSDD digits", "LibriVox sentences"):
+        keys = [k for k in state["scores"] if k[1] == name]
+        if not keys:
+            continue
+        first = state["scores"][keys[0]]
+        lines += [f"### {name} ({first['n']} clips, {first['audio_s']:.1f} s of audio)", "",
+                  "| model | decoding window | WER | RTF | ms per clip | speed-up | fallbacks |",
+                  "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for model in (ZERO, *TUNED.values()):
+            base = state["scores"].get((model, name, WINDOWS[0][0]))
+            for window, _ in WINDOWS:
+                x = state["scores"].get((model, name, window))
+                if x is None:
+                    continue
+                lines.append(f"| {model} | {window} | {pct(x['wer'])}% | {x['rtf']:.2f} | {x['per_clip_ms']:.0f} | "
+                             f"{base['per_clip_ms'] / x['per_clip_ms']:.2f}x | {x['fallbacks']} |")
+        lines.append("")
+    if state["runs"]:
+        lines += ["### Fine-tuning runs", "",
+                  "| run | encoder window in training | `polymodal train` s (encoding the clips once included) | "
+                  "test WER before -> after (the run's own decoding) |", "| --- | --- | ---: | --- |"]
+        for step, label in TUNED.items():
+            r = state["runs"].get(step)
+            if r:
+                m = r["metrics"]
+                lines.append(f"| {label} | {'full 30 s' if step == 'train-full' else 'clip + 1 s, at least 10 s'} | "
+                             f"{r['seconds']:.0f} | {pct(m['test_before']['wer'])}% -> {pct(m['test']['wer'])}% |")
+        lines.append("")
+    return lines
