@@ -9,7 +9,8 @@ Both decode greedily by default (temperature 0, no fallback) without timestamp t
 no-speech filters: the VAD upstream decides what is speech, so the engines see the same chunks.
 Their front ends differ as their projects do: faster-whisper pads a short chunk's log-mel with zeros,
 transformers (like openai/whisper) pads the waveform to 30 s before the log-mel, so transcripts of short or
-quiet clips can differ between engines even with the same weights.
+quiet clips can differ between engines even with the same weights. Both Whisper engines encode a short chunk in a
+shortened window by default (``speech.window``: clip + 1 s, at least 10 s), not the full 30 s.
 """
 
 from __future__ import annotations
@@ -290,9 +291,10 @@ def build_recognizer(model: str = "whisper-base", engine: str = "faster-whisper"
     """A recogniser from a model reference: ``whisper-base`` (bundled), a model folder, or a hub id.
 
     Engine ``pocketsphinx`` always uses the pocketsphinx wheel's US-English model; ``model`` is not used.
-    ``min_window_s`` (faster-whisper, a set language): a clip shorter than 30 s is encoded in a window of its length
-    + 1 s, at least this long, not the full 30 s; None: always 30 s. The default, 10 s, was chosen by measurement
-    (bench/results/whisper_window.md: 4.2x faster on spoken digits at a lower WER, 2.7x on read sentences).
+    ``min_window_s`` (Whisper on either engine, a set language): a clip shorter than 30 s is encoded in a window of its
+    length + 1 s, at least this long, not the full 30 s; None: always 30 s. The default, 10 s, was chosen by
+    measurement (bench/results/whisper_window.md: faster-whisper 4.2x faster on spoken digits at a lower WER, 2.7x on
+    read sentences; transformers 3.6x and 2.4x).
 
     Raises:
         ConfigError: unknown engine or compute type.
