@@ -8,7 +8,10 @@ Steps:
 - ``train-full`` / ``train-short``: full fine-tuning of the decoder (bench/asr_finetune.py's setup: frozen encoder,
   its outputs cached, batch 8, lr 5e-5, the checkpoint with the lowest validation WER) once on full-window encoder
   outputs (``asr.min_window_s: null``) and once on shortened ones (``asr.min_window_s: 10``);
-- ``score``: each tuned run through its transcriber (``load_transcriber``) at both windows, on the same clips.
+- ``train-lora-full`` / ``train-lora-short``: the same with LoRA (decoder q/v, r 8, lr 1e-3), which keeps general
+  speech where full fine-tuning on digits forgets it (bench/results/asr_finetune.md); they read the encoder
+  outputs the full fine-tuning runs cached;
+- ``score``: each tuned run not scored yet through its transcriber (``load_transcriber``) at both windows.
 """
 
 from __future__ import annotations
@@ -20,11 +23,12 @@ from pathlib import Path
 
 from _harness import WORK, log
 
-STEPS = ("zero-shot", "train-full", "train-short", "score")
+STEPS = ("zero-shot", "train-full", "train-short", "train-lora-full", "train-lora-short", "score")
 STATE_DIR = WORK / "whisper_window_tf"
 WINDOWS = (("full 30 s", None), ("clip + 1 s, at least 10 s", 10.0))
 ZERO = "Whisper base zero-shot"
-TUNED = {"train-full": "tuned on full-window outputs", "train-short": "tuned on shortened-window outputs"}
+TUNED = {"train-full": "full FT on full-window outputs", "train-short": "full FT on shortened-window outputs",
+         "train-lora-full": "LoRA on full-window outputs", "train-lora-short": "LoRA on shortened-window outputs"}
 
 
 def _state() -> dict:
@@ -96,8 +100,8 @@ def run_steps(steps: list[str], data: Path, per_pair: int, epochs: int, test_eve
             model, processor = load_whisper("whisper-base-hf")
             _both_windows(ZERO, model.eval(), processor, sets, state)
         elif step in TUNED:
-            cfg = asr_config(manifest, STATE_DIR / "runs" / step, "full", epochs)
-            cfg["asr"]["min_window_s"] = None if step == "train-full" else 10.0
+            cfg = asr_config(manifest, STATE_DIR / "runs" / step, "lora" if "lora" in step else "full", epochs)
+            cfg["asr"]["min_window_s"] = None if step.endswith("-full") else 10.0
             run, metrics, seconds = train_run(cfg)
             state["runs"][step] = {"path": str(run), "metrics": metrics, "seconds": seconds}
             log(f"{step}: {run}, test WER {metrics['test_before']['wer']:.3f} -> {metrics['test']['wer']:.3f}, {seconds:.0f} s")
@@ -105,9 +109,12 @@ def run_steps(steps: list[str], data: Path, per_pair: int, epochs: int, test_eve
             from polymodal.speech.asr_run import load_transcriber
 
             for name, label in TUNED.items():
+                if name not in state["runs"] or any(k[0] == label for k in state["scores"]):
+                    continue
                 t = load_transcriber(state["runs"][name]["path"])
                 _both_windows(label, t.recognizer.model, t.recognizer.processor, sets, state)
-        state.setdefault("done", []).append(step)
+        if step != "score":
+            state.setdefault("done", []).append(step)
         state["loads"].append((step, load0, os.getloadavg()[0], time.time() - t0))
         _save(state)
     return state
@@ -156,7 +163,7 @@ def report(state: dict) -> list[str]:
             r = state["runs"].get(step)
             if r:
                 m = r["metrics"]
-                lines.append(f"| {label} | {'full 30 s' if step == 'train-full' else 'clip + 1 s, at least 10 s'} | "
+                lines.append(f"| {label} | {'full 30 s' if step.endswith('-full') else 'clip + 1 s, at least 10 s'} | "
                              f"{r['seconds']:.0f} | {pct(m['test_before']['wer'])}% -> {pct(m['test']['wer'])}% |")
         lines.append("")
     return lines

@@ -180,8 +180,9 @@ class AsrTask:
         bs = self.cfg.optim.batch_size
         chunks = [todo[i : i + bs] for i in range(0, len(todo), bs)]
         for chunk in tqdm(chunks, desc=desc, unit="batch", disable=None if self.progress and todo else True, leave=False):
-            for frames in sorted({self._frames[k] for k in chunk}):
-                self._encode([k for k in chunk if self._frames[k] == frames], [first[k] for k in chunk if self._frames[k] == frames], frames)
+            for frames in sorted({self._frames[k] for k in chunk}):  # each clip in its own window
+                same = [k for k in chunk if self._frames[k] == frames]
+                self._encode(same, [first[k] for k in same], frames)
 
     def _encode(self, keys: list[str], examples: list[Example], frames: int) -> dict[str, dict[str, torch.Tensor]]:
         """Encoder outputs of clips padded with silence to ``frames`` log-mel frames, stored in the cache."""
@@ -217,19 +218,24 @@ class AsrTask:
                   "max_new_tokens": a.max_new_tokens}
         if a.language:
             kwargs["language"] = a.language
-        out: list[str] = []
+        out: list[str] = [""] * len(examples)
+        order = list(range(len(examples)))
+        if self.encoder_cache is not None and a.window_min_s() is not None:  # batches of like lengths, as the engine's
+            seconds = [self._seconds.get(k, 0.0) for k in self._keys(examples)]
+            order.sort(key=lambda i: seconds[i])
         bs = self.cfg.optim.batch_size
         for i in tqdm(range(0, len(examples), bs), desc=desc, unit="batch", disable=None if self.progress else True, leave=False):
-            chunk = examples[i : i + bs]
+            chunk = [examples[j] for j in order[i : i + bs]]
             if self.encoder_cache is not None:
                 texts, counts = self._generate({"encoder_outputs": self._cached_states(chunk, device)}, kwargs)
-                if self.cfg.asr.window_min_s() is not None:  # a loop in a shortened window: decoded again in 30 s
+                if a.window_min_s() is not None:  # a loop in a shortened window: decoded again in 30 s
                     texts = self._loops_again(chunk, texts, counts, device, kwargs)
             else:
                 waves, _ = self._pairs(chunk)
                 feats = self.processor.feature_extractor(waves, sampling_rate=16000, return_tensors="pt").input_features
                 texts, _ = self._generate({"input_features": feats.to(device, self.model.dtype)}, kwargs)
-            out += texts
+            for j, text in zip(order[i : i + bs], texts):
+                out[j] = text
         return out
 
     def _generate(self, inputs: dict, kwargs: dict) -> tuple[list[str], list[int]]:

@@ -256,7 +256,7 @@ class AsrConfig:
     num_beams: int = 1  # 1: greedy decoding (as faster-whisper's default beam 5 is slower on CPU)
     min_window_s: float | None = 10.0  # with the encoder frozen and no augmentation: each clip is encoded (cached,
     # trained on, decoded) in a window of its length + 1 s, at least this long, not Whisper's 30 s; None: always 30 s
-    # (bench/results/whisper_window.md)
+    # (bench/results/whisper_window.md: the same WER, fine-tuning 2.6x and decoding 4.3x faster on spoken digits)
 
     def __post_init__(self):
         if self.max_label_tokens < 4:
