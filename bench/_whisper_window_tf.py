@@ -75,8 +75,8 @@ def run_steps(steps: list[str], data: Path, per_pair: int, epochs: int, test_eve
     torch.set_num_threads(2)
     STATE_DIR.mkdir(parents=True, exist_ok=True)
     os.environ["POLYMODAL_CACHE"] = str(STATE_DIR / "cache")  # a cold feature cache for the runs, kept across steps
-    from asr_finetune import asr_config, fsdd_rows, train_run, write_manifest
     from _datasets import librivox
+    from asr_finetune import asr_config, fsdd_rows, train_run, write_manifest
 
     from polymodal.data.audio import load_audio
 
@@ -182,8 +182,8 @@ def _choice(state: dict) -> list[str]:
     need = [(m, n, w) for m in (ZERO, *TUNED.values()) for n in ("FSDD digits", "LibriVox sentences") for w in (full, short)]
     if any(k not in sc for k in need) or len(runs) < len(TUNED):
         return []
-    w = lambda m, n, win: pct(sc[m, n, win]["wer"])  # noqa: E731
-    speed = lambda m, n: sc[m, n, full]["per_clip_ms"] / sc[m, n, short]["per_clip_ms"]  # noqa: E731
+    w = lambda m, n, win: pct(sc[m, n, win]["wer"])
+    speed = lambda m, n: sc[m, n, full]["per_clip_ms"] / sc[m, n, short]["per_clip_ms"]
     fsdd_tuned = ", ".join(f"{m} {w(m, 'FSDD digits', full)} / {w(m, 'FSDD digits', short)} %" for m in TUNED.values())
     libri = ", ".join(f"{m} {w(m, 'LibriVox sentences', full)} / {w(m, 'LibriVox sentences', short)} %"
                       for m in TUNED.values())
