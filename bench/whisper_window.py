@@ -11,6 +11,8 @@ Data: the FSDD test split (every ``--every``-th clip of 300 spoken digits, about
 sentences of Debian's ``pocketsphinx-testdata`` (5 clips, 3-7 s) where installed.
 
     python bench/whisper_window.py          # writes bench/results/whisper_window.md
+    python bench/whisper_window.py --transformers [STEP ...]   # its section on the transformers engine and
+                                            # fine-tuning (bench/_whisper_window_tf.py), in resumable steps
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 from _datasets import fsdd_test, librivox
 from _harness import LOADS, RESULTS, WORK, header, log, parser, shared_data
 
+TF_MARK = "<!-- transformers:"  # the --transformers section begins here
 SETTINGS = [("full 30 s window", None, 0.0), ("clip + 1 s", 1.0, 0.0), ("clip + 1 s, at least 3 s", 1.0, 3.0),
             ("clip + 1 s, at least 5 s", 1.0, 5.0), ("clip + 1 s, at least 10 s", 1.0, 10.0),
             ("clip + 1 s, at least 15 s", 1.0, 15.0)]
@@ -33,9 +36,27 @@ SETTINGS = [("full 30 s window", None, 0.0), ("clip + 1 s", 1.0, 0.0), ("clip + 
 def main() -> None:
     ap = parser(__doc__.split("\n")[0])
     ap.add_argument("--every", type=int, default=3, help="every k-th FSDD test clip (default 3: 100 clips)")
+    ap.add_argument("--transformers", nargs="*", default=None, metavar="STEP",
+                    help="instead: the transformers engine and fine-tuning with the shortened window, steps zero-shot, "
+                         "train-full, train-short, score (none named: those not done yet); results kept in "
+                         "bench/work/whisper_window_tf/ between steps, the report section rewritten after each")
+    ap.add_argument("--per-pair", type=int, default=2, help="--transformers: training clips per digit x speaker")
+    ap.add_argument("--epochs", type=int, default=3, help="--transformers: fine-tuning epochs")
     args = ap.parse_args()
     root = shared_data(args.data_arg, "audio/fsdd")
     args.data = str(root)
+    if args.transformers is not None:
+        from _whisper_window_tf import STEPS, report, run_steps
+
+        unknown = sorted(set(args.transformers) - set(STEPS))
+        if unknown:
+            ap.error(f"--transformers: unknown steps {unknown}; choose from {', '.join(STEPS)}")
+        state = run_steps(args.transformers, root, args.per_pair, args.epochs, 5)
+        out = args.out or RESULTS / "whisper_window.md"
+        head = out.read_text().split(TF_MARK)[0].rstrip("\n") if out.exists() else ""
+        out.write_text(head + "\n\n" + "\n".join(report(state)) + "\n")
+        log(f"wrote {out}")
+        return
     import torch
 
     torch.set_num_threads(2)
@@ -70,7 +91,8 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
     out = args.out or (WORK / "whisper_window-quick.md" if args.quick else RESULTS / "whisper_window.md")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(_report(results, waves, args, time.time() - t0, load0, os.getloadavg()))
+    kept = TF_MARK + out.read_text().split(TF_MARK, 1)[1] if out.exists() and TF_MARK in out.read_text() else ""
+    out.write_text(_report(results, waves, args, time.time() - t0, load0, os.getloadavg()) + ("\n" + kept if kept else ""))
     log(f"wrote {out}")
 
 

@@ -658,6 +658,142 @@ def test_an_asr_run_serves_transcripts_at_v1_transcribe(asr_model_dir, tmp_path,
         torch.set_num_threads(threads)
 
 
+# --- the shortened encoder window (speech.window) on the transformers engine and in fine-tuning --------------------
+
+def _tiny_encoder(max_source_positions: int):
+    from transformers import WhisperConfig
+    from transformers.models.whisper.modeling_whisper import WhisperEncoder
+
+    cfg = WhisperConfig(d_model=16, encoder_layers=2, encoder_attention_heads=2, encoder_ffn_dim=32, num_mel_bins=80,
+                        max_source_positions=max_source_positions)
+    return WhisperEncoder(cfg).eval()
+
+
+def test_encode_frames_is_transformers_whisper_encoder_at_any_window():
+    """At the full window, the layers re-run by ``encode_frames`` give transformers' own forward exactly (a
+    transformers change that breaks the copy fails here); on fewer frames, what transformers gives for an encoder
+    built for that many positions, with the first positional embeddings."""
+    from polymodal.speech.window import _encoder_layers, encode_frames
+
+    torch.manual_seed(0)
+    enc = _tiny_encoder(50)  # a 100-frame window
+    feats = torch.randn(2, 80, 100)
+    with torch.no_grad():
+        ours, theirs = _encoder_layers(enc, feats), enc(feats).last_hidden_state
+        assert ours.shape == (2, 50, 16) and torch.equal(ours, theirs)
+        assert torch.equal(encode_frames(enc, feats), theirs)
+        short = _tiny_encoder(20)
+        state = enc.state_dict()
+        state["embed_positions.weight"] = state["embed_positions.weight"][:20]
+        short.load_state_dict(state)
+        assert torch.equal(encode_frames(enc, feats[..., :40]), short(feats[..., :40]).last_hidden_state)
+        assert not torch.allclose(encode_frames(enc, feats[..., :40]), theirs[:, :20])  # the window matters
+    with pytest.raises(ValueError, match="even number of frames up to 100"):
+        encode_frames(enc, feats[..., :41])
+
+
+def test_window_rule_and_loop_test():
+    from polymodal.speech.window import looks_like_loop, token_cap, window_frames, window_seconds
+
+    assert window_seconds(0.5, 10.0) == 10.0 and window_seconds(12.0, 10.0) == 13.0 and window_seconds(29.5, 10.0) == 30.0
+    assert window_seconds(0.5, None) == window_seconds(31.0, 10.0) == window_seconds(0.5, 10.0, language=None) == 30.0
+    assert window_seconds(0.5, 0.0, full_s=2.0) == 1.5 and window_frames(1.5) == 150 and window_frames(10.0) == 1000
+    assert window_frames(1.234) == 122  # even: the encoder's second convolution has stride 2
+    assert token_cap(1.0) == 18
+    assert looks_like_loop("one", 18, 18) and looks_like_loop("one " * 20, 5, 18)
+    assert not looks_like_loop("one two three", 3, 18)
+
+
+def _conv1_frames(model) -> list[int]:
+    """Frame counts the encoder of ``model`` is given from now on."""
+    seen: list[int] = []
+    model.model.encoder.conv1.register_forward_hook(lambda m, inp, out: seen.append(inp[0].shape[-1]))
+    return seen
+
+
+def test_transformers_engine_decodes_in_a_shortened_window_and_falls_back_on_a_loop(asr_model_dir):
+    from polymodal.speech.engines import TransformersRecognizer
+
+    full = TransformersRecognizer(asr_model_dir)  # the tiny model's full window: 2 s, 200 frames
+    short = TransformersRecognizer(asr_model_dir, model=full.model, processor=full.processor, window_margin_s=1.0)
+    eot = full.processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
+    with torch.no_grad():  # a decoder that ends at once: its last hidden state is one direction, <|endoftext|>'s
+        direction = torch.nn.functional.normalize(torch.randn(16), dim=0)
+        full.model.model.decoder.layer_norm.weight.zero_()
+        full.model.model.decoder.layer_norm.bias.copy_(direction)
+        full.model.model.decoder.embed_tokens.weight[eot] = 100 * direction
+    waves = [sine(300, SR, 0.4), sine(900, SR, 0.6)]
+    seen = _conv1_frames(full.model)
+    assert full.decode(waves) == ["", ""] and seen == [200]
+    seen.clear()
+    assert short.decode(waves) == ["", ""]
+    assert seen == [160] and short.fallbacks == 0  # one batch, in the window of its longest clip: 0.6 + 1 s
+    # a forced loop (<|endoftext|> suppressed: one token over and over): every clip reaches its token cap and is
+    # decoded again with the full window, as the full window decodes it
+    full.model.generation_config.suppress_tokens = [eot]
+    seen.clear()
+    looping = full.decode(waves)
+    assert all(looping)
+    seen.clear()
+    assert short.decode(waves) == looping and short.fallbacks == 2 and seen == [160, 200]
+
+
+def _short_manifest(tmp_path: Path) -> Path:
+    rows = ["audio,text,speaker,split"]
+    for i, (freq, seconds, text) in enumerate([(300, 0.4, "yes no"), (900, 0.6, "left")]):
+        write_audio(tmp_path / f"s{i}.wav", sine(freq, SR, seconds), SR)
+        rows += [f"s{i}.wav,{text},s{i},{split}" for split in ("train", "train", "val", "test")]
+    (tmp_path / "short.csv").write_text("\n".join(rows) + "\n")
+    return tmp_path / "short.csv"
+
+
+def test_asr_run_trains_and_decodes_in_its_shortened_window(asr_model_dir, tmp_path, monkeypatch):
+    """The frozen encoder's cached outputs are of each clip's own window, under keys that name the window; a batch
+    shares its longest clip's window; the run records the setting and its transcriber decodes with it."""
+    from polymodal.features.cache import FeatureCache
+    from polymodal.speech.asr_task import read_transcripts
+    from polymodal.tasks import load_run, train
+    from polymodal.train.config import config_from_dict, load_config
+
+    monkeypatch.setenv("POLYMODAL_CACHE", str(tmp_path / "cache"))
+    manifest = _short_manifest(tmp_path)
+
+    def config(name: str, min_window_s):
+        return config_from_dict({
+            "task": "asr", "data": {"manifest": str(manifest)}, "out_dir": str(tmp_path / name),
+            "asr": {"model": str(asr_model_dir), "max_new_tokens": 6, "augment": False, "train_encoder": False,
+                    "min_window_s": min_window_s},
+            "tuning": {"mode": "full"}, "optim": {"epochs": 20, "batch_size": 4, "encoder_lr": 2e-2, "warmup_ratio": 0.0}})
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run = train(config("short", 0.0), progress=False)
+        (cache_file,) = (tmp_path / "cache" / "features").glob("whisper-encoder-*.sqlite")
+        with FeatureCache(cache_file) as cache:
+            keys = {k for (k,) in cache._db.execute("SELECT key FROM features")}
+            # each clip in its own window (0.4 + 1 s, 0.6 + 1 s), and the short clip in its batch's window (160)
+            assert {k.rsplit("@", 1)[1] for k in keys} == {"140", "160"} and len(keys) == 3
+            assert {len(v["sequence"]) for v in cache.get(sorted(keys), sequence=True).values()} == {70, 80}
+        assert load_config(run / "config.yaml").asr.min_window_s == 0.0
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["test"]["wer"] < metrics["test_before"]["wer"]
+        loaded = load_run(run)
+        assert loaded.recognizer.window_margin_s == 1.0 and loaded.recognizer.min_window_s == 0.0
+        seen = _conv1_frames(loaded.recognizer.model)
+        assert loaded.predict([tmp_path / "s0.wav", tmp_path / "s1.wav"]) == \
+            read_transcripts(run / "predictions.csv")["hypothesis"]
+        assert seen == [160]  # decoded in the window it trained with, not 200 frames
+        # the full window's outputs go under the plain content keys: the two never mix
+        train(config("full", None), progress=False)
+        with FeatureCache(cache_file) as cache:
+            full_keys = {k for (k,) in cache._db.execute("SELECT key FROM features")} - keys
+            assert len(full_keys) == 2 and not any("@" in k for k in full_keys)
+            assert {k.split("@")[0] for k in keys} == full_keys
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _wait_until_ready(client, timeout: float = 60.0) -> None:
     import time
 

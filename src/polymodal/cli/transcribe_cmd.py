@@ -26,8 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--beam-size", type=int, default=1, help="beam width; 1 (default) is greedy decoding")
     p.add_argument("--no-vad", action="store_true", help="do not run VAD; cut audio into fixed 30 s windows")
     p.add_argument("--full-window", action="store_true",
-                   help="faster-whisper: encode every chunk in Whisper's full 30 s window (default: a chunk under 30 s "
-                        "in a window of its length + 1 s, at least 10 s: 2.7-4.2x faster, see bench/results/whisper_window.md)")
+                   help="encode every chunk in Whisper's full 30 s window (default, both engines: a chunk under 30 s "
+                        "in a window of its length + 1 s, at least 10 s: 2.4-4.2x faster, see bench/results/whisper_window.md)")
     p.add_argument("--max-pause", type=float, default=3.0,
                    help="seconds of pause that start a new segment (default 3; smaller: finer timestamps)")
     p.add_argument("--max-seconds", type=float, help="refuse files longer than this (default 4 h)")

@@ -16,6 +16,7 @@ from ..data.audio import load_audio
 from ..data.manifest import Example
 from ..errors import PolymodalError
 from .engines import Recognizer, _is_ct2_dir, _is_hf_whisper_dir
+from .window import WINDOW_MARGIN_S
 
 SAMPLE_RATE_HZ = 16_000
 
@@ -80,8 +81,8 @@ def is_transcriber(source: str | Path) -> bool:
 
 
 def load_transcriber(source: str | Path) -> Transcriber:
-    """An asr run (its tuned model through transformers) or a Whisper folder (a faster-whisper folder runs int8
-    through CTranslate2; a transformers folder in float32).
+    """An asr run (its tuned model through transformers, in the encoder window it trained with) or a Whisper folder
+    (a faster-whisper folder runs int8 through CTranslate2; a transformers folder in float32).
 
     Raises:
         PolymodalError: ``source`` is neither.
@@ -101,8 +102,11 @@ def load_transcriber(source: str | Path) -> Transcriber:
 
         cfg = load_config(path / run_folder.CONFIG)
         model, processor = load_asr_run(path)
-        return AsrRun(path, TransformersRecognizer(path, language=cfg.asr.language, model=model, processor=processor),
-                      config=cfg)
+        least = cfg.asr.window_min_s()  # the window the run trained with (its config)
+        recognizer = TransformersRecognizer(path, language=cfg.asr.language, model=model, processor=processor,
+                                            window_margin_s=None if least is None else WINDOW_MARGIN_S,
+                                            min_window_s=least or 0.0)
+        return AsrRun(path, recognizer, config=cfg)
     if not is_transcriber(path):
         raise PolymodalError(f"{path}: neither an asr run nor a Whisper model folder")
     return Transcriber(path, build_recognizer(str(path), engine="faster-whisper" if _is_ct2_dir(path) else "transformers"))

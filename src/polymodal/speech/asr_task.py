@@ -8,7 +8,12 @@ or the decoder only with ``asr.train_encoder: false``) or ``lora`` (peft adapter
 With the encoder frozen (``asr.train_encoder: false``) and no audio augmentation (``asr.augment: false``), the
 encoder's output of every clip never changes: it is computed once into the feature cache (keyed by the model and
 the audio file's content, float16) and the decoder trains and decodes on it. On a CPU that removes the cost that
-dominates Whisper on short clips (a full 30 s encoder window per clip) from every epoch and every later run.
+dominates Whisper on short clips (a full 30 s encoder window per clip) from every epoch and every later run. Those
+runs also use the shortened window (``asr.min_window_s``, ``speech.window``): each clip is encoded in a window of its
+length + 1 s (at least ``min_window_s``); a batch's clips share the window of its longest clip (the decoder's
+cross-attention takes no mask, so every clip of a batch is padded with silence to one window, as in decoding). The
+cache key holds the window's frame count, so outputs of different windows never mix; the run's config keeps the
+setting and its transcriber decodes with it.
 
 Validation decodes the validation split greedily and keeps the weights with the lowest WER. The run keeps only
 what trained (adapters, or the tuned weights): the base model is rebuilt from ``asr.model``. A new run first decodes
@@ -41,6 +46,7 @@ from ..train.config import TrainConfig
 from ..train.data import make_splits
 from ..features.extract import content_key
 from .asr_batch import ASRBatchConfig, asr_augment, asr_batch, label_ids
+from .window import HOP_LENGTH, WINDOW_MARGIN_S, encode_frames, looks_like_loop, token_cap, window_frames, window_seconds
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +102,8 @@ class AsrTask:
         self._configure_trainable()
         self.n_train = len(self.splits.train)
         self.encoder_cache = None
+        self._frames: dict[str, int] = {}  # clip content key -> log-mel frames of its own window
+        self._seconds: dict[str, float] = {}  # clip content key -> its length (with a shortened window)
         if not a.train_encoder and not a.augment:
             self.encoder_cache = _encoder_cache(a.model)
             for name, split in (("train", self.splits.train), ("val", self.splits.val), ("test", self.splits.test)):
@@ -137,56 +145,131 @@ class AsrTask:
         return forward(input_features=batch["input_features"].to(device), labels=batch["labels"].to(device)).loss
 
     # --- the frozen encoder's outputs, computed once ---------------------------------------------------------------
-    def _encode_into_cache(self, examples: list[Example], desc: str) -> None:
-        keys = [content_key("audio", _audio_example(e, self.cfg.asr.audio_column)) for e in examples]
-        todo = sorted(set(keys) - set(self.encoder_cache.get(sorted(set(keys)))))
-        first = {k: e for k, e in zip(reversed(keys), reversed(examples))}  # one example per distinct clip
-        bs = self.cfg.optim.batch_size
-        device = next(self.model.parameters()).device
-        for i in tqdm(range(0, len(todo), bs), desc=desc, unit="batch", disable=None if self.progress and todo else True, leave=False):
-            chunk = todo[i : i + bs]
-            waves, _ = self._pairs([first[k] for k in chunk])
-            feats = self.processor.feature_extractor(waves, sampling_rate=16000, return_tensors="pt").input_features
-            with torch.inference_mode():
-                states = self.model.model.encoder(feats.to(device, self.model.dtype)).last_hidden_state.cpu()
-            self.encoder_cache.put({k: {"pooled": s.mean(0).half(), "sequence": s.half(),
-                                        "mask": torch.ones(len(s), dtype=torch.bool)} for k, s in zip(chunk, states)})
+    def _full_frames(self) -> int:
+        return self.processor.feature_extractor.nb_max_frames  # 3000: Whisper's 30 s window
 
-    def _cached_states(self, examples: list[Example], device: torch.device) -> torch.Tensor:
-        keys = [content_key("audio", _audio_example(e, self.cfg.asr.audio_column)) for e in examples]
-        found = self.encoder_cache.get(sorted(set(keys)), sequence=True)
-        return torch.stack([found[k]["sequence"] for k in keys]).to(device, self.model.dtype)
+    def _clip_frames(self, seconds: float) -> int:
+        """Log-mel frames of a clip's own window (``speech.window``); the full window without a shortened one."""
+        fe = self.processor.feature_extractor
+        window = window_seconds(seconds, self.cfg.asr.window_min_s(), WINDOW_MARGIN_S, fe.chunk_length,
+                                self.cfg.asr.language)
+        return min(self._full_frames(), window_frames(window))
+
+    def _cache_key(self, key: str, frames: int) -> str:
+        """A clip's cache key at a window: the content key at the full window (as before shortened windows), with
+        the frame count after an ``@`` otherwise."""
+        return key if frames == self._full_frames() else f"{key}@{frames}"
+
+    def _keys(self, examples: list[Example]) -> list[str]:
+        return [content_key("audio", _audio_example(e, self.cfg.asr.audio_column)) for e in examples]
+
+    def _encode_into_cache(self, examples: list[Example], desc: str) -> None:
+        keys = self._keys(examples)
+        first = {k: e for k, e in zip(reversed(keys), reversed(examples))}  # one example per distinct clip
+        distinct = sorted(first)
+        if self.cfg.asr.window_min_s() is not None:  # each clip's own window needs its length
+            for k in distinct:
+                if k not in self._seconds:
+                    self._seconds[k] = len(self._pairs([first[k]])[0][0]) / self.processor.feature_extractor.sampling_rate
+                    self._frames[k] = self._clip_frames(self._seconds[k])
+        else:
+            self._frames.update((k, self._full_frames()) for k in distinct)
+        wanted = {k: self._cache_key(k, self._frames[k]) for k in distinct}
+        found = self.encoder_cache.get(sorted(set(wanted.values())))
+        todo = sorted((k for k in distinct if wanted[k] not in found), key=lambda k: (self._frames[k], k))
+        bs = self.cfg.optim.batch_size
+        chunks = [todo[i : i + bs] for i in range(0, len(todo), bs)]
+        for chunk in tqdm(chunks, desc=desc, unit="batch", disable=None if self.progress and todo else True, leave=False):
+            for frames in sorted({self._frames[k] for k in chunk}):  # each clip in its own window
+                same = [k for k in chunk if self._frames[k] == frames]
+                self._encode(same, [first[k] for k in same], frames)
+
+    def _encode(self, keys: list[str], examples: list[Example], frames: int) -> dict[str, dict[str, torch.Tensor]]:
+        """Encoder outputs of clips padded with silence to ``frames`` log-mel frames, stored in the cache."""
+        waves, _ = self._pairs(examples)
+        device = next(self.model.parameters()).device
+        feats = self.processor.feature_extractor(waves, sampling_rate=16000, return_tensors="pt", padding="max_length",
+                                                 max_length=frames * HOP_LENGTH).input_features
+        with torch.inference_mode():
+            states = encode_frames(self.model.model.encoder, feats.to(device, self.model.dtype)).cpu()
+        entries = {self._cache_key(k, frames): {"pooled": s.mean(0).half(), "sequence": s.half(),
+                                                "mask": torch.ones(len(s), dtype=torch.bool)} for k, s in zip(keys, states)}
+        self.encoder_cache.put(entries)
+        return entries
+
+    def _cached_states(self, examples: list[Example], device: torch.device, frames: int | None = None) -> torch.Tensor:
+        """Encoder outputs (batch, frames // 2, d_model) of ``examples`` in one window: ``frames``, or that of the
+        batch's longest clip. A clip not cached at that window (a shorter clip beside a longer one) is encoded now."""
+        keys = self._keys(examples)
+        if frames is None:
+            frames = max(self._frames.get(k, self._full_frames()) for k in keys)
+        found = self.encoder_cache.get(sorted({self._cache_key(k, frames) for k in keys}), sequence=True)
+        missing = {k: e for k, e in zip(keys, examples) if self._cache_key(k, frames) not in found}
+        if missing:
+            found.update(self._encode(list(missing), list(missing.values()), frames))
+        return torch.stack([found[self._cache_key(k, frames)]["sequence"] for k in keys]).to(device, self.model.dtype)
 
     @torch.no_grad()
     def transcribe(self, examples: list[Example], device: torch.device, desc: str = "decoding") -> list[str]:
         """Greedy (or beam) transcripts of ``examples`` by the model as it is now."""
-        import warnings
-
-        from ..models._hf import quiet_transformers
-
         a = self.cfg.asr
         self.model.eval()
         kwargs = {"task": "transcribe", "num_beams": a.num_beams, "do_sample": False, "return_timestamps": False,
                   "max_new_tokens": a.max_new_tokens}
         if a.language:
             kwargs["language"] = a.language
-        out: list[str] = []
+        out: list[str] = [""] * len(examples)
+        order = list(range(len(examples)))
+        if self.encoder_cache is not None and a.window_min_s() is not None:  # batches of like lengths, as the engine's
+            seconds = [self._seconds.get(k, 0.0) for k in self._keys(examples)]
+            order.sort(key=lambda i: seconds[i])
         bs = self.cfg.optim.batch_size
         for i in tqdm(range(0, len(examples), bs), desc=desc, unit="batch", disable=None if self.progress else True, leave=False):
-            chunk = examples[i : i + bs]
+            chunk = [examples[j] for j in order[i : i + bs]]
             if self.encoder_cache is not None:
-                from transformers.modeling_outputs import BaseModelOutput
-
-                inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=self._cached_states(chunk, device))}
+                texts, counts = self._generate({"encoder_outputs": self._cached_states(chunk, device)}, kwargs)
+                if a.window_min_s() is not None:  # a loop in a shortened window: decoded again in 30 s
+                    texts = self._loops_again(chunk, texts, counts, device, kwargs)
             else:
                 waves, _ = self._pairs(chunk)
                 feats = self.processor.feature_extractor(waves, sampling_rate=16000, return_tensors="pt").input_features
-                inputs = {"input_features": feats.to(device, self.model.dtype)}
-            with warnings.catch_warnings(), quiet_transformers():
-                warnings.simplefilter("ignore")
-                ids = self.model.generate(**inputs, **kwargs)
-            out += [t.strip() for t in self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+                texts, _ = self._generate({"input_features": feats.to(device, self.model.dtype)}, kwargs)
+            for j, text in zip(order[i : i + bs], texts):
+                out[j] = text
         return out
+
+    def _generate(self, inputs: dict, kwargs: dict) -> tuple[list[str], list[int]]:
+        """Transcripts and their counts of text tokens."""
+        import warnings
+
+        from transformers.modeling_outputs import BaseModelOutput
+
+        from ..models._hf import quiet_transformers
+
+        if "encoder_outputs" in inputs:
+            inputs = {"encoder_outputs": BaseModelOutput(last_hidden_state=inputs["encoder_outputs"])}
+        with warnings.catch_warnings(), quiet_transformers():
+            warnings.simplefilter("ignore")
+            ids = self.model.generate(**inputs, **kwargs)
+        tok = self.processor.tokenizer
+        special = set(tok.all_special_ids)
+        return ([t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)],
+                [sum(t not in special for t in row) for row in ids.tolist()])
+
+    def _loops_again(self, examples: list[Example], texts: list[str], counts: list[int], device: torch.device,
+                     kwargs: dict) -> list[str]:
+        """``texts`` with those that look like a decoding loop (``speech.window.looks_like_loop``) decoded again with
+        the full window, as ``TransformersRecognizer`` does."""
+        keys = self._keys(examples)
+        full = self._full_frames()
+        loops = [j for j, (k, text, n) in enumerate(zip(keys, texts, counts))
+                 if self._frames.get(k, full) < full and looks_like_loop(text, n, token_cap(self._seconds[k]))]
+        if loops:
+            again, _ = self._generate({"encoder_outputs": self._cached_states([examples[j] for j in loops], device, full)},
+                                   kwargs)
+            for j, text in zip(loops, again):
+                texts[j] = text
+        return texts
 
     def _score(self, examples: list[Example], hypotheses: list[str]) -> dict[str, float]:
         refs = [_cell(e, self.cfg.asr.text_column) for e in examples]

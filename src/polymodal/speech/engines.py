@@ -9,7 +9,8 @@ Both decode greedily by default (temperature 0, no fallback) without timestamp t
 no-speech filters: the VAD upstream decides what is speech, so the engines see the same chunks.
 Their front ends differ as their projects do: faster-whisper pads a short chunk's log-mel with zeros,
 transformers (like openai/whisper) pads the waveform to 30 s before the log-mel, so transcripts of short or
-quiet clips can differ between engines even with the same weights.
+quiet clips can differ between engines even with the same weights. Both Whisper engines encode a short chunk in a
+shortened window by default (``speech.window``: clip + 1 s, at least 10 s), not the full 30 s.
 """
 
 from __future__ import annotations
@@ -24,17 +25,11 @@ import numpy as np
 
 from ..data.audio import SAMPLE_RATE_HZ
 from ..errors import ConfigError, ModelNotFoundError
+from .window import (HOP_LENGTH, MIN_WINDOW_S, WHISPER_WINDOW_S, WINDOW_MARGIN_S, encode_frames, looks_like_loop,
+                     token_cap, window_frames, window_seconds)
 
 ENGINES = ("faster-whisper", "transformers", "pocketsphinx")
 COMPUTE_TYPES = ("int8", "int8_float32", "float32", "float16", "default")
-WHISPER_WINDOW_S = 30.0  # Whisper's encoder window
-HOP_LENGTH = 160  # samples per log-mel frame (10 ms at 16 kHz)
-# A shortened window's answer may hold at most MIN_TOKENS + MAX_TOKENS_PER_S per second of audio (fast speech is
-# about 4 tokens a second); more is a decoding loop, decoded again with the full window.
-MIN_TOKENS, MAX_TOKENS_PER_S = 8, 10
-# The shortened window (bench/results/whisper_window.md): clip + WINDOW_MARGIN_S, at least MIN_WINDOW_S. Shorter
-# windows made Whisper base loop on half-second digits (WER 123-301 %).
-WINDOW_MARGIN_S, MIN_WINDOW_S = 1.0, 10.0
 
 
 class Recognizer(Protocol):
@@ -88,11 +83,8 @@ class FasterWhisperRecognizer:
         self.fallbacks = 0  # clips decoded again with the full window (their shortened answer looked like a loop)
 
     def window_seconds(self, seconds: float) -> float:
-        """The encoder window for a clip of ``seconds``: the clip plus the margin (at least ``min_window_s``), at
-        most Whisper's 30 s; 30 s without a margin, or for a clip longer than 30 s (cut into 30 s windows)."""
-        if self.window_margin_s is None or self.language is None or seconds > WHISPER_WINDOW_S:
-            return WHISPER_WINDOW_S
-        return min(WHISPER_WINDOW_S, max(self.min_window_s, seconds + self.window_margin_s))
+        """The encoder window for a clip of ``seconds`` (``window.window_seconds``)."""
+        return window_seconds(seconds, self.min_window_s, self.window_margin_s, WHISPER_WINDOW_S, self.language)
 
     def decode(self, waves: list[np.ndarray]) -> list[str]:
         texts = []
@@ -123,10 +115,8 @@ class FasterWhisperRecognizer:
         above 2.4, or the token cap of ``MAX_TOKENS_PER_S`` per second reached): the caller decodes that clip again
         with the full window. Too short a window makes Whisper repeat itself ("one one one ...").
         """
-        from faster_whisper.transcribe import get_compression_ratio
-
         samples = int(round(window_s * SAMPLE_RATE_HZ))
-        frames = 2 * (samples // (2 * HOP_LENGTH))  # an even frame count: the encoder's second conv has stride 2
+        frames = window_frames(window_s)
         padded = np.zeros(max(samples, len(wave)), dtype=np.float32)
         padded[: len(wave)] = wave
         features = self.model.feature_extractor(padded)[:, :frames]  # the log-mel of the clip and its silence
@@ -137,13 +127,13 @@ class FasterWhisperRecognizer:
             self._tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
                                         language=self.language)
             self._prompt = [*self._tokenizer.sot_sequence, self._tokenizer.no_timestamps]
-        cap = min(self.model.max_length - len(self._prompt), int(MIN_TOKENS + MAX_TOKENS_PER_S * seconds))
+        cap = min(self.model.max_length - len(self._prompt), token_cap(seconds))
         result = self.model.model.generate(encoded, [self._prompt], beam_size=self.beam_size,
                                            max_length=len(self._prompt) + cap, suppress_blank=True,
                                            suppress_tokens=[-1])[0]
         ids = result.sequences_ids[0]
         text = self._tokenizer.decode(ids).strip()
-        if len(ids) >= cap or get_compression_ratio(text) > 2.4:
+        if looks_like_loop(text, len(ids), cap):
             return None
         return text
 
@@ -177,13 +167,16 @@ class TransformersRecognizer:
         model_dir: ``WhisperForConditionalGeneration`` folder with its processor files.
         language: ISO code such as ``"en"``; None detects it.
         beam_size: 1 is greedy decoding.
-        batch_size: chunks per ``generate`` call.
+        batch_size: chunks per ``generate`` call; chunks are batched in order of length.
         model: an already loaded (e.g. fine-tuned) ``WhisperForConditionalGeneration``; None loads ``model_dir``.
         processor: its ``WhisperProcessor``; None loads the one in ``model_dir``.
+        window_margin_s, min_window_s: the shortened encoder window (``window.window_seconds``): every chunk of a batch
+            is padded with silence to the window of the batch's longest chunk; ``window_margin_s`` None: the full window.
     """
 
     def __init__(self, model_dir: str | os.PathLike, language: str | None = "en", beam_size: int = 1,
-                 batch_size: int = 8, model=None, processor=None):
+                 batch_size: int = 8, model=None, processor=None, window_margin_s: float | None = None,
+                 min_window_s: float = 0.0):
         if model is None:
             model, loaded = load_hf_whisper(model_dir)
             processor = processor if processor is not None else loaded
@@ -197,32 +190,72 @@ class TransformersRecognizer:
         self.processor = processor
         self.model = model.eval()
         self.language, self.beam_size, self.batch_size = language, beam_size, batch_size
+        self.window_margin_s, self.min_window_s = window_margin_s, min_window_s
+        self.full_window_s = processor.feature_extractor.n_samples / SAMPLE_RATE_HZ  # 30 s for every Whisper
+        self.fallbacks = 0  # chunks decoded again with the full window (their shortened answer looked like a loop)
 
-    def features(self, waves: list[np.ndarray]):
-        """Log-mel input (batch, n_mels, 3000) of waveforms padded to 30 s."""
+    def window_seconds(self, seconds: float) -> float:
+        """The encoder window for a chunk of ``seconds`` (``window.window_seconds``)."""
+        return window_seconds(seconds, self.min_window_s, self.window_margin_s, self.full_window_s, self.language)
+
+    def features(self, waves: list[np.ndarray], window_s: float | None = None):
+        """Log-mel input (batch, n_mels, frames) of waveforms padded with silence to ``window_s`` (None: the full
+        window, 3000 frames)."""
+        pad = {} if window_s is None else {"padding": "max_length", "max_length": window_frames(window_s) * HOP_LENGTH}
         return self.processor.feature_extractor([np.asarray(w, dtype=np.float32) for w in waves],
-                                                sampling_rate=SAMPLE_RATE_HZ, return_tensors="pt").input_features
+                                                sampling_rate=SAMPLE_RATE_HZ, return_tensors="pt", **pad).input_features
 
-    def generate_ids(self, waves: list[np.ndarray]):
-        """Greedy (or beam) token ids (batch, tokens), the prompt included."""
+    def generate_ids(self, waves: list[np.ndarray], window_s: float | None = None, max_new_tokens: int | None = None):
+        """Greedy (or beam) token ids (batch, tokens), the prompt included; ``window_s`` below the full window runs
+        the encoder on that many seconds of frames only."""
         import torch
 
         kwargs = {"task": "transcribe", "num_beams": self.beam_size, "do_sample": False, "return_timestamps": False}
         if self.language:
             kwargs["language"] = self.language
+        if max_new_tokens is not None:
+            kwargs["max_new_tokens"] = max_new_tokens
         from ..models._hf import quiet_transformers
 
+        features = self.features(waves, window_s).to(self.model.dtype)
         # quiet: transformers' notes about its own Whisper defaults, and about the attention mask, which Whisper's
-        # encoder does not take (every input is padded to 30 s)
+        # encoder does not take (every input is padded to its window)
         with torch.inference_mode(), warnings.catch_warnings(), quiet_transformers():
             warnings.simplefilter("ignore")
-            return self.model.generate(self.features(waves).to(self.model.dtype), **kwargs)
+            if window_s is None:
+                return self.model.generate(features, **kwargs)
+            from transformers.modeling_outputs import BaseModelOutput
+
+            states = encode_frames(self.model.model.encoder, features)
+            return self.model.generate(encoder_outputs=BaseModelOutput(last_hidden_state=states), **kwargs)
 
     def decode(self, waves: list[np.ndarray]) -> list[str]:
-        texts: list[str] = []
-        for i in range(0, len(waves), self.batch_size):
-            ids = self.generate_ids(waves[i : i + self.batch_size])
-            texts += [t.strip() for t in self.processor.tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        texts: list[str] = [""] * len(waves)
+        order = sorted(range(len(waves)), key=lambda i: len(waves[i]))  # batches of like lengths share a window
+        for start in range(0, len(order), self.batch_size):
+            batch = order[start : start + self.batch_size]
+            for i, text in zip(batch, self._decode_batch([waves[i] for i in batch])):
+                texts[i] = text
+        return texts
+
+    def _decode_batch(self, waves: list[np.ndarray]) -> list[str]:
+        tokenizer = self.processor.tokenizer
+        seconds = [len(w) / SAMPLE_RATE_HZ for w in waves]
+        window = max(self.window_seconds(s) for s in seconds)
+        if window >= self.full_window_s:
+            return [t.strip() for t in tokenizer.batch_decode(self.generate_ids(waves), skip_special_tokens=True)]
+        room = self.model.config.max_target_positions - 4  # after the prompt: start, language, task, no timestamps
+        caps = [min(room, token_cap(s)) for s in seconds]
+        ids = self.generate_ids(waves, window, max_new_tokens=max(caps))
+        special = set(tokenizer.all_special_ids)
+        texts = [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+        loops = [j for j, (row, text) in enumerate(zip(ids.tolist(), texts))
+                 if looks_like_loop(text, sum(t not in special for t in row), caps[j])]
+        if loops:  # decoded again with the full window
+            self.fallbacks += len(loops)
+            again = tokenizer.batch_decode(self.generate_ids([waves[j] for j in loops]), skip_special_tokens=True)
+            for j, text in zip(loops, again):
+                texts[j] = text.strip()
         return texts
 
 
@@ -258,9 +291,10 @@ def build_recognizer(model: str = "whisper-base", engine: str = "faster-whisper"
     """A recogniser from a model reference: ``whisper-base`` (bundled), a model folder, or a hub id.
 
     Engine ``pocketsphinx`` always uses the pocketsphinx wheel's US-English model; ``model`` is not used.
-    ``min_window_s`` (faster-whisper, a set language): a clip shorter than 30 s is encoded in a window of its length
-    + 1 s, at least this long, not the full 30 s; None: always 30 s. The default, 10 s, was chosen by measurement
-    (bench/results/whisper_window.md: 4.2x faster on spoken digits at a lower WER, 2.7x on read sentences).
+    ``min_window_s`` (Whisper on either engine, a set language): a clip shorter than 30 s is encoded in a window of its
+    length + 1 s, at least this long, not the full 30 s; None: always 30 s. The default, 10 s, was chosen by
+    measurement (bench/results/whisper_window.md: faster-whisper 4.2x faster on spoken digits at a lower WER, 2.7x on
+    read sentences; transformers 3.6x and 2.4x).
 
     Raises:
         ConfigError: unknown engine or compute type.
@@ -279,8 +313,9 @@ def build_recognizer(model: str = "whisper-base", engine: str = "faster-whisper"
     path = resolve_model(model)
     if not path.is_dir():
         raise ModelNotFoundError(f"{path} is a file; give a Whisper model folder, a hub id or 'whisper-base'")
+    margin = None if min_window_s is None else WINDOW_MARGIN_S
     if engine == "faster-whisper":
         return FasterWhisperRecognizer(path, compute_type=compute_type, language=language, beam_size=beam_size,
-                                       threads=threads, window_margin_s=None if min_window_s is None else WINDOW_MARGIN_S,
-                                       min_window_s=min_window_s or 0.0)
-    return TransformersRecognizer(path, language=language, beam_size=beam_size)
+                                       threads=threads, window_margin_s=margin, min_window_s=min_window_s or 0.0)
+    return TransformersRecognizer(path, language=language, beam_size=beam_size, window_margin_s=margin,
+                                  min_window_s=min_window_s or 0.0)

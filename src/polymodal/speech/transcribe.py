@@ -33,8 +33,9 @@ class TranscribeConfig:
     vad_config: VADConfig = field(default_factory=VADConfig)  # thresholds and chunk length of the VAD
     max_seconds: float = MAX_TRANSCRIBE_SECONDS  # longer files are refused with an audio_too_long error
     threads: int = 0  # CPU threads for faster-whisper; 0: torch's setting
-    min_window_s: float | None = MIN_WINDOW_S  # faster-whisper: a clip under 30 s is encoded in a window of its
-    # length + 1 s, at least this long (whisper.cpp's audio_ctx; bench/results/whisper_window.md); None: always 30 s
+    min_window_s: float | None = MIN_WINDOW_S  # Whisper (both engines, a set language): a clip under 30 s is encoded
+    # in a window of its length + 1 s, at least this long (whisper.cpp's audio_ctx; bench/results/whisper_window.md);
+    # None: always 30 s
 
     def __post_init__(self):
         if self.engine not in ENGINES:
