@@ -198,3 +198,30 @@ def test_real_bundled_encoders_in_int8_stay_within_the_bound(model):
                                              Image.fromarray(data.rocket()).resize((32, 32))]
     prepared = int8.prepare(items)
     assert _cosines(_pooled(int8, prepared), _pooled(fp32, prepared)).min() >= _onnx_int8.INT8_MIN_COSINE
+
+
+def test_a_linear_probe_trained_on_int8_features_predicts_through_the_int8_file(bert_dir, tmp_path):
+    """``load_run`` puts the same INT8 encoder in the loaded probe that computed its training features, so predictions
+    see the features training saw; ``backend="torch"`` (compress, export) stays fp32 torch."""
+    from _train_data import write_dataset
+
+    from polymodal.classify.run import load_run
+    from polymodal.models.onnx_backend import OnnxModule
+    from polymodal.tasks import train
+    from polymodal.train.config import config_from_dict
+
+    data = write_dataset(tmp_path / "d", n=15)
+    cfg = EncoderConfig(bert_dir, backend="onnxruntime-int8")
+    run_dir = train(config_from_dict({
+        "data": {"manifest": str(data)}, "model": {"encoders": {"text": {"model": bert_dir,
+                                                                         "backend": "onnxruntime-int8"}}},
+        "optim": {"epochs": 1, "batch_size": 4}, "out_dir": str(tmp_path / "run")}), progress=False)
+    run, plain = load_run(run_dir), load_run(run_dir, backend="torch")
+    enc = run.model.encoders["text"]
+    assert isinstance(enc, OnnxModule) and enc.backend == "onnxruntime-int8"
+    assert not isinstance(plain.model.encoders["text"], OnnxModule)
+    ref = build_frozen_encoder(cfg)
+    prepared = ref.prepare(TEXTS)
+    assert torch.equal(_pooled(enc, prepared), _pooled(ref, prepared))  # the very file the cache key names
+    items = [{"text": t} for t in TEXTS]
+    torch.testing.assert_close(run.predict_items(items), plain.predict_items(items), atol=0.05, rtol=0)
