@@ -225,6 +225,10 @@ def encoder_key(cfg: EncoderConfig) -> str:
     backend = frozen_backend(cfg)
     if backend != "torch":  # torch keys stay what they were before backends existed, so old caches stay valid
         settings["backend"] = backend
+    if backend == "onnxruntime-int8":  # a new quantisation recipe computes other features
+        from ._onnx_int8 import QUANT_VERSION
+
+        settings["int8_recipe"] = QUANT_VERSION
     blob = json.dumps([settings, fingerprint, PREPROCESS_VERSION], sort_keys=True, default=str)
     slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(cfg.model).name)[:40]
     return f"{slug}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
