@@ -94,7 +94,7 @@ def _photos():
 
 
 def _sounds(sample_rate: int, seconds: float) -> list[np.ndarray]:
-    """Generated clips (deterministic): pure and harmonic tones, chirps, noise bursts, at levels from -40 to -6 dBFS."""
+    """Generated clips (deterministic): pure and harmonic tones, chirps, noise bursts, peaks from -34 to -6 dBFS."""
     rng = np.random.default_rng(0)
     n = max(1, int(sample_rate * seconds))
     t = np.arange(n) / sample_rate
