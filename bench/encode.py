@@ -5,6 +5,7 @@ Run from the repository root:
 
     python bench/encode.py            # full run (about 20 min on 2 CPU cores); writes bench/results/encode.md
     python bench/encode.py --quick    # smoke run on small subsets; writes bench/work/encode-quick.md (git-ignored)
+    python bench/encode.py --int8     # only the INT8 section (about 3 min), put into the existing report
 
 Data: ``--data DIR``, else ``$POLYMODAL_SHARED_DATA``, else ``../shared/data`` from the repository root.
 Every run uses a fresh temporary feature cache (never the user's), so "cold" is cold; it is deleted at the end.
@@ -421,7 +422,13 @@ def run(args) -> None:
 def write_report(report: dict, args) -> None:
     out = args.out or (REPO_ROOT / "bench" / "work" / "encode-quick.md" if args.quick else REPO_ROOT / "bench" / "results" / "encode.md")
     out.parent.mkdir(parents=True, exist_ok=True)
+    import _encode_int8
+
+    old = out.read_text() if out.exists() else ""
     out.write_text(render(report, args))
+    if _encode_int8.BEGIN in old:  # the INT8 section is measured on its own (--int8) and keeps its own date
+        _encode_int8.write_section(out, _encode_int8.BEGIN + old.partition(_encode_int8.BEGIN)[2].partition(
+            _encode_int8.END)[0] + _encode_int8.END + "\n")
     log(f"wrote {out} ({report['runtime_s'] / 60:.1f} min)")
 
 
@@ -654,6 +661,9 @@ def main(argv: list[str] | None = None) -> None:
                         "(bench/work/encode-quick.md with --quick)")
     parser.add_argument("--peers", action="store_true", help="run only the peer table (section 0, about 6 min) and "
                         "put it into the existing report in place of the previous one")
+    parser.add_argument("--int8", action="store_true", help="run only the INT8 section (encoder.backend: "
+                        "onnxruntime-int8 vs fp32 and torch: speed, features, probe accuracy) and put it into the "
+                        "existing report in place of the previous one")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--render", type=Path, default=None, help=argparse.SUPPRESS)  # rewrite the report from a saved run
     args = parser.parse_args(argv)
@@ -669,6 +679,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"{args.data}: no shared data there (expected images/cifar10-test); pass --data or set ${DATA_ENV}")
     if args.peers:
         run_peers(args)
+        return
+    if args.int8:
+        run_int8(args)
         return
     run(args)
 
@@ -714,6 +727,21 @@ def run_peers(args) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     log(f"wrote section 0 of {out}")
+
+
+def run_int8(args) -> None:
+    """The INT8 section alone (1,000 CIFAR-10 photos, 2,000 rt-polarity sentences; --quick: 60 and 128), written into
+    the report between its markers."""
+    import _encode_int8
+
+    n_images, n_texts = (60, 128) if args.quick else (1000, 2000)
+    r = _encode_int8.measure(args.data, n_images, n_texts, THREADS, log, cifar_examples, rt_examples)
+    saved = REPO_ROOT / "bench" / "work" / ("encode-int8-quick.json" if args.quick else "encode-int8.json")
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    saved.write_text(json.dumps(r, default=str))  # the numbers behind the section (git-ignored)
+    out = args.out or (REPO_ROOT / "bench" / "work" / "encode-quick.md" if args.quick else REPO_ROOT / "bench" / "results" / "encode.md")
+    _encode_int8.write_section(out, "\n".join(_encode_int8.render(r)))
+    log(f"wrote the INT8 section of {out}")
 
 
 if __name__ == "__main__":

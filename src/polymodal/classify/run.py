@@ -244,6 +244,7 @@ def _frozen_encoders_in_onnxruntime(model: MultimodalClassifier, cfg: TrainConfi
     from ..models.onnx_backend import OnnxModule, onnx_encoder
 
     for m, enc_cfg in cfg.model.encoders.items():
-        if frozen_backend(enc_cfg) == "onnxruntime":
+        backend = frozen_backend(enc_cfg)
+        if backend != "torch":
             key = encoder_key(replace(enc_cfg, backend="torch"))  # the export is named by the torch encoder's key
-            model.encoders[m] = OnnxModule(onnx_encoder(model.encoders[m], key))
+            model.encoders[m] = OnnxModule(onnx_encoder(model.encoders[m], key, int8=backend == "onnxruntime-int8"))

@@ -17,8 +17,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="items per forward pass (default 32)")
     p.add_argument("--image-size", type=int, help="image side in pixels (default: the encoder's)")
     p.add_argument("--clip-seconds", type=float, help="audio clip length in seconds (default: the encoder's)")
-    p.add_argument("--backend", choices=("torch", "onnxruntime"),
-                   help="where the frozen encoder runs (default: onnxruntime for efficientnet-lite0, torch otherwise)")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "onnxruntime-int8"),
+                   help="where the frozen encoder runs (default: onnxruntime for efficientnet-lite0, torch otherwise; "
+                        "onnxruntime-int8: ONNX Runtime INT8, about 2x faster, features within a cosine bound)")
     p.add_argument("--sequence", action="store_true", help="also compute and cache sequence features")
     p.add_argument("--out", type=Path, help="also write the features to this .safetensors file")
     p.add_argument("--skip-bad", action="store_true", help="skip rows that fail `data check` instead of stopping")

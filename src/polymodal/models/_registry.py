@@ -31,9 +31,10 @@ class EncoderConfig:
     clip_seconds: float | None = None  # audio: pad or cut clips to this length; None: the encoder's default
     max_tokens: int = 128  # text: longer texts are truncated (and counted)
     augment: bool = True  # train-time augmentation when the encoder is fine-tuned (never at evaluation)
-    # Where frozen features are computed: torch | onnxruntime (EfficientNet-Lite0 on images or log-mels, audio-cnn,
-    # Hugging Face text and vision towers); unset: onnxruntime for efficientnet-lite0 and efficientnet-lite0-mel
-    # (several times faster, measured), torch otherwise. Training (full, LoRA, prompts) always runs torch.
+    # Where frozen features are computed: torch | onnxruntime | onnxruntime-int8 (EfficientNet-Lite0 on images or
+    # log-mels, audio-cnn, Hugging Face text and vision towers); unset: onnxruntime (fp32) for efficientnet-lite0 and
+    # efficientnet-lite0-mel (several times faster, measured), torch otherwise. onnxruntime-int8 (about 2x fp32, features
+    # within a cosine bound; bench/results/encode.md) only when asked. Training (full, LoRA, prompts) always runs torch.
     backend: str | None = None
 
     def __post_init__(self):
@@ -183,8 +184,8 @@ def frozen_backend(cfg: EncoderConfig) -> str:
     the encoders where it measured faster (``_ONNX_BY_DEFAULT``, where onnxruntime is installed), else torch."""
     from .onnx_backend import onnxruntime_available
 
-    if cfg.backend == "onnxruntime" and not onnxruntime_available():
-        raise ConfigError("encoder.backend: onnxruntime needs the onnxruntime, onnx and onnxscript packages "
+    if cfg.backend in ("onnxruntime", "onnxruntime-int8") and not onnxruntime_available():
+        raise ConfigError(f"encoder.backend: {cfg.backend} needs the onnxruntime, onnx and onnxscript packages "
                           "(`pip install onnxruntime onnx onnxscript`), or set encoder.backend: torch")
     if cfg.backend is not None:
         return cfg.backend
@@ -193,14 +194,16 @@ def frozen_backend(cfg: EncoderConfig) -> str:
 
 def build_frozen_encoder(cfg: EncoderConfig | str) -> Encoder:
     """The encoder for frozen features (feature cache, linear probes): ``build_encoder``'s, running in ONNX Runtime
-    when ``frozen_backend`` says so (exported and parity-checked on first use; see ``onnx_backend``)."""
+    when ``frozen_backend`` says so (exported and parity-checked on first use, and for onnxruntime-int8 quantised
+    and checked too; see ``onnx_backend``)."""
     cfg = EncoderConfig(cfg) if isinstance(cfg, str) else cfg
     encoder = build_encoder(cfg)
-    if frozen_backend(cfg) != "onnxruntime":
+    backend = frozen_backend(cfg)
+    if backend == "torch":
         return encoder
     from .onnx_backend import onnx_encoder
 
-    return onnx_encoder(encoder, encoder_key(replace(cfg, backend="torch")))
+    return onnx_encoder(encoder, encoder_key(replace(cfg, backend="torch")), int8=backend == "onnxruntime-int8")
 
 
 def encoder_key(cfg: EncoderConfig) -> str:
@@ -222,6 +225,10 @@ def encoder_key(cfg: EncoderConfig) -> str:
     backend = frozen_backend(cfg)
     if backend != "torch":  # torch keys stay what they were before backends existed, so old caches stay valid
         settings["backend"] = backend
+    if backend == "onnxruntime-int8":  # a new quantisation recipe computes other features
+        from ._onnx_int8 import QUANT_VERSION
+
+        settings["int8_recipe"] = QUANT_VERSION
     blob = json.dumps([settings, fingerprint, PREPROCESS_VERSION], sort_keys=True, default=str)
     slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in Path(cfg.model).name)[:40]
     return f"{slug}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"

@@ -10,6 +10,9 @@ Why: on 2 CPU cores ONNX Runtime runs EfficientNet-Lite0 about 7x faster than to
 batch norm and ReLU6 and run in a blocked layout; bench/results/encode.md). MiniLM gains nothing there (torch's
 SDPA on length-sorted batches is as fast or faster), so text encoders use it only when asked.
 
+INT8 (``encoder.backend: onnxruntime-int8``, never a default): ONNX Runtime's quantiser applied to that checked fp32
+file, once per key, itself checked before it is renamed into place (``_onnx_int8``).
+
 Thread count: one place, ``inference_threads()``.
 """
 
@@ -28,7 +31,7 @@ from .._paths import atomic_write_bytes, cache_dir
 from ..errors import ConfigError, PolymodalError
 from .encoder import EncoderOutput
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8")
 OPSET = 18
 EXPORT_VERSION = 2  # bumped when the exported graph changes; 2: the mask is an output (audio derives it from lengths)
 # Largest |ONNX Runtime - torch| allowed on any pooled feature of the probe batch (fp32). Measured: 8e-6 for
@@ -161,15 +164,18 @@ class OnnxEncoder:
     truncation report, transform, dim) are the torch encoder's. Not trainable: training paths build torch encoders.
 
     Attributes:
-        path: the exported .onnx file; ``max_abs_diff``: the parity check's result when this process exported it.
+        path: the exported .onnx file (the INT8 copy for ``backend`` onnxruntime-int8); ``max_abs_diff``: the fp32
+            parity check's result when this process exported it; ``int8_cosine``: the INT8 check's worst cosine
+            similarity to fp32 when this process quantised it.
     """
 
-    backend = "onnxruntime"
-
-    def __init__(self, encoder: torch.nn.Module, path: Path, max_abs_diff: float | None = None):
+    def __init__(self, encoder: torch.nn.Module, path: Path, max_abs_diff: float | None = None,
+                 backend: str = "onnxruntime", int8_cosine: float | None = None):
         self.torch_encoder = encoder
         self.path = path
         self.max_abs_diff = max_abs_diff
+        self.backend = backend  # names the feature cache (features.encode): fp32 and INT8 features never mix
+        self.int8_cosine = int8_cosine
         self.session = session(path)
         self.input_names = [i.name for i in self.session.get_inputs()]
 
@@ -217,13 +223,31 @@ def onnx_path(key: str) -> Path:
     return cache_dir("onnx") / f"{key}-opset{OPSET}-v{EXPORT_VERSION}.onnx"
 
 
-def onnx_encoder(encoder: torch.nn.Module, key: str) -> OnnxEncoder:
+def onnx_encoder(encoder: torch.nn.Module, key: str, int8: bool = False) -> OnnxEncoder:
     """``encoder`` (built, eval mode) running in ONNX Runtime: exported and parity-checked on first use, then loaded
-    from the cache. ``key``: the torch encoder's ``encoder_key`` (weights + preprocessing)."""
+    from the cache. ``key``: the torch encoder's ``encoder_key`` (weights + preprocessing). ``int8``: run the INT8
+    copy of that export instead, quantised and checked on first use (``_onnx_int8``), then cached beside it."""
     if not exportable(encoder):
-        raise ConfigError(f"encoder.backend: onnxruntime has no export for {type(encoder).__name__} (it covers "
-                          "EfficientNet-Lite0 on images and log-mels, audio-cnn, Hugging Face text and vision "
-                          "towers); set encoder.backend: torch")
+        raise ConfigError(f"encoder.backend: {'onnxruntime-int8' if int8 else 'onnxruntime'} has no export for "
+                          f"{type(encoder).__name__} (it covers EfficientNet-Lite0 on images and log-mels, audio-cnn, "
+                          "Hugging Face text and vision towers); set encoder.backend: torch")
+    fp32 = _fp32_encoder(encoder, key)
+    if not int8:
+        return fp32
+    from . import _onnx_int8
+
+    path, cosine = _onnx_int8.quantized_file(encoder, fp32.path)  # only the fp32 file is used
+    if cosine is None:  # read from the cache
+        try:
+            return OnnxEncoder(encoder, path, fp32.max_abs_diff, "onnxruntime-int8")
+        except Exception as e:  # noqa: BLE001 - a damaged file (disk full, edited by hand) is quantised again
+            log.warning("%s cannot be loaded (%s); quantising the encoder again", path, str(e).splitlines()[0][:200])
+            path.unlink(missing_ok=True)
+            path, cosine = _onnx_int8.quantized_file(encoder, fp32.path)
+    return OnnxEncoder(encoder, path, fp32.max_abs_diff, "onnxruntime-int8", cosine)
+
+
+def _fp32_encoder(encoder: torch.nn.Module, key: str) -> OnnxEncoder:
     encoder.eval()
     path = onnx_path(key)
     if path.exists():
