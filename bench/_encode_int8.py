@@ -114,6 +114,7 @@ def measure(data: Path, n_images: int, n_texts: int, threads: int, log, cifar_ex
 
     from polymodal.data import load_image
     from polymodal.models import EncoderConfig
+    from polymodal.models.encoder import fault_free_batch_size
     from polymodal.models.text import length_order
 
     torch.set_num_threads(threads)
@@ -126,7 +127,10 @@ def measure(data: Path, n_images: int, n_texts: int, threads: int, log, cifar_ex
     model_n = min(len(images), 480) // BATCH * BATCH
 
     def image_batches(enc):
-        return [enc.prepare([load_image(e.image) for e in images[i:i + BATCH]]) for i in range(0, model_n, BATCH)]
+        size = BATCH  # torch encodes images in page-fault-free batches, as features.encode does
+        if isinstance(enc, torch.nn.Module):
+            size = fault_free_batch_size(enc, enc.prepare([load_image(images[0].image)]), BATCH)
+        return [enc.prepare([load_image(e.image) for e in images[i:i + size]]) for i in range(0, model_n, size)]
 
     log(f"int8: EfficientNet-Lite0 on {len(images)} CIFAR-10 photos at 224 px")
     out["image"] = _measure_one("image", images, [e.label for e in images],
@@ -192,7 +196,8 @@ def render(r: dict) -> list[str]:
         "",
         (f"{r['threads']} threads everywhere. Each backend is built into an empty cache (*build*: weights, export and "
         f"parity check; for INT8 also quantisation and its cosine check), then, best of {REPEATS} each, *model only*: the forward pass over "
-        f"prepared batches of {BATCH} after one warm-up batch (text: length-sorted), and *end to end*: `features.encode` "
+        f"prepared batches of {BATCH} after one warm-up batch (text: length-sorted; torch images: the page-fault-free "
+        "batches `features.encode` uses, section 0), and *end to end*: `features.encode` "
         "of the whole set into an empty feature cache. The end-to-end features feed a linear probe (logistic "
         "regression, L2, C=1, lbfgs, standardised features, stratified 50/50 split, seed 0, the same split for every "
         "backend). INT8 recipe (`models/_onnx_int8.py`): EfficientNet-Lite0 static QDQ (int8 per-channel weights, "
