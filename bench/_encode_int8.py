@@ -226,14 +226,6 @@ def render(r: dict) -> list[str]:
 
 def write_section(out: Path, section: str) -> None:
     """Put ``section`` into the report in place of the previous INT8 section, else after section 0, else at the end."""
-    text = out.read_text() if out.exists() else ""
-    if BEGIN in text:
-        head, _, rest = text.partition(BEGIN)
-        text = head + section + rest.partition(END)[2].lstrip("\n")
-    elif "<!-- peers: end -->" in text:
-        head, _, rest = text.partition("<!-- peers: end -->")
-        text = head + "<!-- peers: end -->\n\n" + section + rest.lstrip("\n")
-    else:
-        text = text + "\n" + section
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    from _harness import put_section
+
+    put_section(out, section, BEGIN, END, after="<!-- peers: end -->")

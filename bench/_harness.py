@@ -116,6 +116,28 @@ class Spawner:
         self.proc.wait()
 
 
+def put_section(out: Path, section: str, begin: str, end: str, *, after: str | None = None,
+                before: str | None = None) -> None:
+    """Write ``section`` (from its ``begin`` marker to its ``end`` marker) into the report ``out``: in place of the
+    previous one, else just after the text ``after`` or before the text ``before`` where the report has it, else at
+    the end. A section measured on its own (``--peers``, ``--int8``) so replaces only itself."""
+    text = out.read_text() if out.exists() else ""
+    section = section.strip("\n") + "\n\n"  # one blank line after it, whatever follows
+    if begin in text:
+        head, _, rest = text.partition(begin)
+        text = head + section + rest.partition(end)[2].lstrip("\n")
+    elif after is not None and after in text:
+        head, _, rest = text.partition(after)
+        text = head + after + "\n\n" + section + rest.lstrip("\n")
+    elif before is not None and before in text:
+        head, _, rest = text.partition(before)
+        text = head + section + before + rest
+    else:
+        text = text.rstrip("\n") + "\n\n" + section
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+
+
 def vm_hwm_kib() -> int:
     """This process's own peak RSS since exec (VmHWM), independent of its parent."""
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -715,17 +715,9 @@ def run_peers(args) -> None:
     saved.write_text(json.dumps(peers, default=str))  # the numbers behind the section (git-ignored)
     section = "\n".join(peers_section(peers, (load0, os.getloadavg()[0])))
     out = args.out or (REPO_ROOT / "bench" / "work" / "encode-quick.md" if args.quick else REPO_ROOT / "bench" / "results" / "encode.md")
-    text = out.read_text() if out.exists() else ""
-    if PEERS_BEGIN in text:
-        head, _, rest = text.partition(PEERS_BEGIN)
-        text = head + section + rest.partition(PEERS_END)[2].lstrip("\n")
-    elif "## 1." in text:
-        head, _, rest = text.partition("## 1.")
-        text = head + section + "\n## 1." + rest
-    else:
-        text = text + "\n" + section
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text)
+    from _harness import put_section
+
+    put_section(out, section, PEERS_BEGIN, PEERS_END, before="## 1.")
     log(f"wrote section 0 of {out}")
 
 
