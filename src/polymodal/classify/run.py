@@ -11,7 +11,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .. import run_folder
@@ -22,7 +21,7 @@ from ..features import load_input
 from ..models.text import in_length_order, length_chunks
 from ..train import checkpoint as ckpt
 from ..train.config import CACHED_MODES, TrainConfig, load_config
-from ..train.data import FeatureTable, RawBatch, batch_order, make_splits, raw_batch
+from ..train.data import FeatureTable, RawBatch, make_splits
 from .model import MultimodalClassifier, build_classifier
 from .predict import Inputs
 
@@ -186,17 +185,18 @@ class Run:
     @torch.no_grad()
     def embed(self, examples: list[Example], batch_size: int = 32) -> dict[str, torch.Tensor]:
         """An ``align`` run's joint-space embeddings: modality -> (n, dim), L2-normalised, for the examples that
-        have that modality (in order)."""
+        have that modality (in order): manifest rows through ``embed_items``, as the service embeds requests."""
         if self.config.task != "align":
             raise PolymodalError(f"{self.path}: not an align run; embeddings come from runs with task: align")
-        self.model.eval()
+        rates = self.sample_rates()
         out: dict[str, list[torch.Tensor]] = {m: [] for m in self.model.encoders}
-        rng = np.random.default_rng(0)
-        for idx in batch_order(len(examples), batch_size, 0, 0, shuffle=False):
-            batch = raw_batch([examples[i] for i in idx.tolist()], dict(self.model.encoders), train=False, rng=rng)
-            for m, f in self.model.encode(batch).items():
-                out[m].append(self.model.head.embed(m, f.pooled[f.present]))
-        return {m: torch.cat(v) if v else torch.zeros(0) for m, v in out.items()}
+        for i in range(0, len(examples), batch_size):
+            items = [{m: load_input(m, e, rates[m]) for m in self.model.encoders if e.get(m) is not None}
+                     for e in examples[i : i + batch_size]]
+            for row in self.embed_items(items):
+                for m, v in row.items():
+                    out[m].append(v)
+        return {m: torch.stack(v) if v else torch.zeros(0) for m, v in out.items()}
 
 
 def load_run(path: str | Path, backend: str | None = None) -> Run:
