@@ -212,3 +212,37 @@ def test_frozen_image_batches_keep_their_largest_activation_under_the_malloc_thr
     got = encode("efficientnet-lite0", examples, "image", cache=False, encoder=big, progress=False).pooled
     alone = torch.cat([big(big.prepare([Image.open(p).convert("RGB")])).pooled for p in paths])
     torch.testing.assert_close(got, alone, atol=1e-4, rtol=1e-4)
+
+
+def test_raw_images_are_predicted_in_fault_free_batches_and_cached_features_in_big_ones(tmp_path):
+    """``Inputs.eval_batch_size``: a split of raw images through a torch image encoder gets the page-fault-free batch
+    (measured once per split and batch size), pooled cached features a big batch, anything else the given one."""
+    from torch import nn
+
+    from polymodal.classify.predict import POOLED_EVAL_BATCH, Inputs
+    from polymodal.data import load_manifest
+    from polymodal.fusion import ModalityFeatures
+    from polymodal.models.encoder import fault_free_batch_size
+
+    from _train_data import write_dataset
+
+    examples = load_manifest(write_dataset(tmp_path, n=6)).examples
+    torch.manual_seed(0)
+    big = EfficientNetLiteEncoder(build_efficientnet_lite0(None), image_size=224, augment=None)
+    model = nn.Module()
+    model.encoders = nn.ModuleDict({"image": big})
+    raw = Inputs(examples, torch.zeros(6), None)
+    want = fault_free_batch_size(big, big.prepare([Image.open(examples[0].image).convert("RGB")]), 32)
+    assert raw.eval_batch_size(32, model) == want < 32
+    assert raw._fault_free == {32: want}
+    model.encoders = nn.ModuleDict({"image": EfficientNetLiteEncoder(build_efficientnet_lite0(None), image_size=32)})
+    assert Inputs(examples, torch.zeros(6), None).eval_batch_size(32, model) == 32  # small images: the given batch
+    model.encoders = nn.ModuleDict({})
+    assert raw.eval_batch_size(16, model) == 16  # no image encoder
+
+    class Table:
+        features = {"image": ModalityFeatures(pooled=torch.zeros(6, 4), present=torch.ones(6, dtype=torch.bool))}
+
+    assert Inputs(examples, torch.zeros(6), Table()).eval_batch_size(32, model) == POOLED_EVAL_BATCH
+    Table.features["image"].sequence = torch.zeros(6, 3, 4)
+    assert Inputs(examples, torch.zeros(6), Table()).eval_batch_size(32, model) == 32

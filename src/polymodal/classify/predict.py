@@ -6,12 +6,14 @@ training, validation, the test split, ``Run.predict``, the service and ``polymod
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..eval.retrieval import retrieval_metrics
+from ..features import load_input
+from ..models.encoder import fault_free_batch_size
 from ..train.config import TrainConfig
 from ..train.data import FeatureTable, batch_order, raw_batch
 from ..train.loop import autocast
@@ -22,6 +24,18 @@ from .model import MultimodalClassifier
 POOLED_EVAL_BATCH = 1024
 
 
+def image_batch_size(model: MultimodalClassifier, examples: list, batch_size: int) -> int:
+    """Examples per forward pass when ``model`` predicts raw ``examples`` on the CPU: ``batch_size``, cut to the
+    page-fault-free batch of its torch image encoder (``models.encoder.fault_free_batch_size``, judged from the
+    first example with an image) where it has one."""
+    image = model.encoders["image"] if "image" in model.encoders else None
+    first = next((e for e in examples if e.get("image") is not None), None)
+    weights = list(image.parameters()) if image is not None else []  # none: ONNX Runtime runs it (own allocator)
+    if not weights or any(w.device.type != "cpu" for w in weights) or first is None:  # host memory only
+        return batch_size
+    return fault_free_batch_size(image, image.prepare([load_input("image", first)], train=False), batch_size)
+
+
 @dataclass
 class Inputs:
     """How batches are made for a split: from cached features (linear probe) or raw inputs (full, LoRA)."""
@@ -29,14 +43,21 @@ class Inputs:
     examples: list
     targets: torch.Tensor
     table: FeatureTable | None
+    _fault_free: dict[int, int] = field(default_factory=dict, repr=False)  # batch size -> raw image eval batch
 
-    def eval_batch_size(self, batch_size: int) -> int:
+    def eval_batch_size(self, batch_size: int, model: MultimodalClassifier) -> int:
         """Rows per forward pass when predicting: pooled cached features are a few KB a row, so a split of them goes
         through the head in batches of ``POOLED_EVAL_BATCH`` (one pass for most validation splits: a small head's
-        validation in batches of 32 cost as much as 10 % of its training steps); anything else in ``batch_size``."""
-        if self.table is not None and all(f.sequence is None for f in self.table.features.values()):
-            return max(batch_size, POOLED_EVAL_BATCH)
-        return batch_size
+        validation in batches of 32 cost as much as 10 % of its training steps); raw images through a torch image
+        encoder in batches whose largest activation stays under glibc's mmap threshold
+        (``models.encoder.fault_free_batch_size``: EfficientNet-Lite0 at 224 px, 5 a batch ran 1.6x 32); anything
+        else in ``batch_size``."""
+        if self.table is not None:
+            pooled = all(f.sequence is None for f in self.table.features.values())
+            return max(batch_size, POOLED_EVAL_BATCH) if pooled else batch_size
+        if batch_size not in self._fault_free:  # one forward of one image, once per split and batch size
+            self._fault_free[batch_size] = image_batch_size(model, self.examples, batch_size)
+        return self._fault_free[batch_size]
 
     def batch(self, idx: torch.Tensor, model: MultimodalClassifier, train: bool, rng: np.random.Generator):
         if self.table is not None:
@@ -55,7 +76,7 @@ def predict_split(model: MultimodalClassifier, inputs: Inputs, batch_size: int, 
     model.eval()
     probs = []
     rng = np.random.default_rng(0)
-    for idx in batch_order(len(inputs.examples), inputs.eval_batch_size(batch_size), 0, 0, shuffle=False):
+    for idx in batch_order(len(inputs.examples), inputs.eval_batch_size(batch_size, model), 0, 0, shuffle=False):
         batch = inputs.batch(idx, model, train=False, rng=rng)
         batch = drop_modality(batch, drop)
         with autocast(cfg, device):
@@ -73,7 +94,7 @@ def embed_split(model: MultimodalClassifier, inputs: Inputs, batch_size: int, de
     model.eval()
     a, b = [], []
     rng = np.random.default_rng(0)
-    for idx in batch_order(len(inputs.examples), inputs.eval_batch_size(batch_size), 0, 0, shuffle=False):
+    for idx in batch_order(len(inputs.examples), inputs.eval_batch_size(batch_size, model), 0, 0, shuffle=False):
         with autocast(cfg, device):
             ea, eb, _ = model(to_device(inputs.batch(idx, model, train=False, rng=rng), device))
         a.append(ea.float().cpu())

@@ -23,7 +23,7 @@ from ..train import checkpoint as ckpt
 from ..train.config import CACHED_MODES, TrainConfig, load_config
 from ..train.data import FeatureTable, RawBatch, make_splits
 from .model import MultimodalClassifier, build_classifier
-from .predict import Inputs
+from .predict import Inputs, image_batch_size
 
 
 def prepare_items(encoders: dict[str, Any], items: list[dict[str, Any]]) -> RawBatch:
@@ -137,6 +137,7 @@ class Run:
 
         if not examples:
             return torch.zeros(0, len(self.labels))
+        batch_size = image_batch_size(self.model, examples, batch_size)
         if "text" in self.model.encoders and len(examples) > batch_size:  # length-sorted text batches pad less
             return in_length_order([e.get("text") or "" for e in examples],
                                    getattr(self.model.encoders["text"], "tokenizer", None), batch_size, probabilities)
