@@ -246,3 +246,37 @@ def test_raw_images_are_predicted_in_fault_free_batches_and_cached_features_in_b
     assert Inputs(examples, torch.zeros(6), Table()).eval_batch_size(32, model) == POOLED_EVAL_BATCH
     Table.features["image"].sequence = torch.zeros(6, 3, 4)
     assert Inputs(examples, torch.zeros(6), Table()).eval_batch_size(32, model) == 32
+
+
+def test_frozen_torch_efficientnet_folds_its_batch_norms_with_the_same_features():
+    """The torch backend's frozen EfficientNet-Lite folds each BatchNorm into its convolution: no BatchNorm left,
+    weights frozen, pooled features as the unfolded model's (random BatchNorm statistics, so folding changes weights)."""
+    import copy
+
+    from polymodal.models import build_frozen_encoder
+    from polymodal.models.audio import build_mel_efficientnet
+    from polymodal.models.image import fold_batch_norms
+
+    torch.manual_seed(0)
+    backbone = build_efficientnet_lite0(None)
+    for m in backbone.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.2, 0.2)
+    for plain in (EfficientNetLiteEncoder(backbone, image_size=64, augment=None),
+                  build_mel_efficientnet(copy.deepcopy(backbone), clip_seconds=0.5, augment=None)):
+        plain.eval()
+        folded = fold_batch_norms(copy.deepcopy(plain))
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+        assert not any(p.requires_grad for p in folded.parameters())
+        if plain.modality == "image":
+            x = plain.prepare([Image.fromarray(np.random.default_rng(i).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+                               for i in range(3)])
+        else:
+            x = plain.prepare([np.random.default_rng(i).standard_normal(8000).astype(np.float32) * 0.1 for i in range(3)])
+        with torch.inference_mode():
+            torch.testing.assert_close(folded(x).pooled, plain(x).pooled, atol=1e-4, rtol=1e-4)
+    frozen = build_frozen_encoder(EncoderConfig("efficientnet-lite0", backend="torch"))
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in frozen.modules())

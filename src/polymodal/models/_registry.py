@@ -200,7 +200,9 @@ def build_frozen_encoder(cfg: EncoderConfig | str) -> Encoder:
     encoder = build_encoder(cfg)
     backend = frozen_backend(cfg)
     if backend == "torch":
-        return encoder
+        from .image import fold_batch_norms
+
+        return fold_batch_norms(encoder)  # EfficientNet-Lite's BatchNorms folded into its convolutions (no-op otherwise)
     from .onnx_backend import onnx_encoder
 
     return onnx_encoder(encoder, encoder_key(replace(cfg, backend="torch")), int8=backend == "onnxruntime-int8")

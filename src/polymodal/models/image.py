@@ -34,6 +34,28 @@ def build_efficientnet_lite0(weights: str | Path | None = None) -> nn.Module:
     return model.eval()
 
 
+# EfficientNet-Lite's (convolution, BatchNorm) pairs: the stem and head, and in every MBConv block.
+_CONV_BN = {"EfficientNet": (("_conv_stem", "_bn0"), ("_conv_head", "_bn1")),
+            "MBConvBlock": (("_expand_conv", "_bn0"), ("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2"))}
+
+
+def fold_batch_norms(module: nn.Module) -> nn.Module:
+    """Fold every EfficientNet-Lite BatchNorm inside ``module`` into the convolution before it (torch's
+    ``fuse_conv_bn_eval``) and freeze the weights: one pass instead of two per layer. Only for a frozen encoder in eval
+    mode (the folded model has no BatchNorm statistics left to train): ``build_frozen_encoder`` on the torch backend.
+    Measured on EfficientNet-Lite0 at 224 px, 2 threads, batches of 5: 73.7 vs 64.5 img/s (1.14x), pooled features
+    within 1e-5 (ad hoc; tests/test_encoders.py checks the features)."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    module.eval()
+    for owner in module.modules():
+        for conv, bn in _CONV_BN.get(type(owner).__name__, ()):
+            if isinstance(getattr(owner, bn, None), nn.BatchNorm2d):
+                setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, bn)))
+                setattr(owner, bn, nn.Identity())
+    return module.requires_grad_(False)
+
+
 class EfficientNetLiteEncoder(nn.Module):
     """EfficientNet-Lite0 as an image encoder.
 
