@@ -56,9 +56,10 @@ def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # glibc's malloc serves a request above its mmap threshold with fresh pages from the kernel, and gives them back on
 # free: every batch then page-faults its whole activations in again (kernel time above user time). The threshold
 # adapts up to 32 MiB at most, so batches whose largest activation stays under it reuse the same memory. Measured on
-# EfficientNet-Lite0 in torch at 224 px (4.9 MB per image at its widest, 2 threads): batches of 5 ran 1.56x batches of
-# 32 model only (bench/results/encode.md section 0); in a sweep (3 repeats) batches of 4-6 ran 73-80 img/s with
-# almost no page faults, 32 ran 41-46 img/s with 11,000-13,000 faults per image, 64 ran 37. 24 MiB leaves headroom.
+# EfficientNet-Lite0 in torch at 224 px (4.9 MB per image at its widest, 2 threads): batches of 5 ran 1.28-2.09x
+# batches of 32 model only over three runs of bench/results/encode.md section 0; in a sweep (3 repeats) batches of
+# 4-6 ran 73-80 img/s with almost no page faults, 32 ran 41-46 img/s with 11,000-13,000 faults per image, 64 ran 37.
+# 24 MiB leaves headroom under the threshold.
 FAULT_FREE_BYTES = 24 * 2**20
 
 

@@ -43,8 +43,9 @@ def fold_batch_norms(module: nn.Module) -> nn.Module:
     """Fold every EfficientNet-Lite BatchNorm inside ``module`` into the convolution before it (torch's
     ``fuse_conv_bn_eval``) and freeze the weights: one pass instead of two per layer. Only for a frozen encoder in eval
     mode (the folded model has no BatchNorm statistics left to train): ``build_frozen_encoder`` on the torch backend.
-    Measured on EfficientNet-Lite0 at 224 px, 2 threads, batches of 5: 73.7 vs 64.5 img/s (1.14x), pooled features
-    within 1e-5 (ad hoc; tests/test_encoders.py checks the features)."""
+    Measured on EfficientNet-Lite0 at 224 px, 2 threads, batches of 5: 1.05x the unfolded rate model only in
+    bench/results/encode.md section 0, 1.14x in two 5-repeat ad hoc runs; pooled features within 1.2e-5
+    (tests/test_encoders.py checks them)."""
     from torch.nn.utils.fusion import fuse_conv_bn_eval
 
     module.eval()
