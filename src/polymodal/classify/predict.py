@@ -12,8 +12,7 @@ import numpy as np
 import torch
 
 from ..eval.retrieval import retrieval_metrics
-from ..features import load_input
-from ..models.encoder import fault_free_batch_size
+from ..features.extract import image_batch_size as features_image_batch_size
 from ..train.config import TrainConfig
 from ..train.data import FeatureTable, batch_order, raw_batch
 from ..train.loop import autocast
@@ -25,15 +24,11 @@ POOLED_EVAL_BATCH = 1024
 
 
 def image_batch_size(model: MultimodalClassifier, examples: list, batch_size: int) -> int:
-    """Examples per forward pass when ``model`` predicts raw ``examples`` on the CPU: ``batch_size``, cut to the
-    page-fault-free batch of its torch image encoder (``models.encoder.fault_free_batch_size``, judged from the
-    first example with an image) where it has one."""
-    image = model.encoders["image"] if "image" in model.encoders else None
-    first = next((e for e in examples if e.get("image") is not None), None)
-    weights = list(image.parameters()) if image is not None else []  # none: ONNX Runtime runs it (own allocator)
-    if not weights or any(w.device.type != "cpu" for w in weights) or first is None:  # host memory only
+    """Examples per forward pass when ``model`` predicts raw ``examples``: ``batch_size``, cut to the page-fault-free
+    batch of its image encoder (``features.extract.image_batch_size``) where it has one."""
+    if "image" not in model.encoders:
         return batch_size
-    return fault_free_batch_size(image, image.prepare([load_input("image", first)], train=False), batch_size)
+    return features_image_batch_size(model.encoders["image"], examples, batch_size)
 
 
 @dataclass
@@ -50,7 +45,7 @@ class Inputs:
         through the head in batches of ``POOLED_EVAL_BATCH`` (one pass for most validation splits: a small head's
         validation in batches of 32 cost as much as 10 % of its training steps); raw images through a torch image
         encoder in batches whose largest activation stays under glibc's mmap threshold
-        (``models.encoder.fault_free_batch_size``: EfficientNet-Lite0 at 224 px, 5 a batch ran 1.6x 32); anything
+        (``models.encoder.fault_free_batch_size``: EfficientNet-Lite0 at 224 px, 5 a batch ran 1.3-2.1x 32); anything
         else in ``batch_size``."""
         if self.table is not None:
             pooled = all(f.sequence is None for f in self.table.features.values())
@@ -138,7 +133,7 @@ def scores(targets: torch.Tensor, probs: torch.Tensor) -> dict[str, float]:
 
     Computed from one confusion matrix (``np.bincount``), not by scikit-learn: this runs after every epoch, where
     ``f1_score``'s input checks alone cost 1.3 ms, a third of a small head's validation pass. The test split's
-    report is scikit-learn's (``eval.metrics``); tests/test_classify.py checks these two equal it."""
+    report is scikit-learn's (``eval.metrics``); tests/test_eval.py checks these two equal it."""
     y = targets.numpy().astype(np.int64)
     pred = probs.argmax(-1).numpy().astype(np.int64)
     if len(y) == 0:

@@ -1,8 +1,8 @@
 """Encode a manifest's column with a frozen encoder once; later runs read the features from the cache.
 
 The cache key is (encoder weights + preprocessing settings + backend: torch or ONNX Runtime) for the file, and the
-content hash of each input (file bytes, or the text itself) for the row, so renaming or moving files keeps their features and editing a
-file invalidates exactly that entry.
+content hash of each input (file bytes, or the text itself) for the row, so renaming or moving files keeps their
+features and editing a file invalidates exactly that entry.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from ..data.image import load_image
 from ..data.manifest import Example
 from ..errors import MediaError, PolymodalError
 from ..models import Encoder, EncoderConfig, build_frozen_encoder, encoder_key, encoder_modality
-from ..models.text import length_order
 from ..models.encoder import fault_free_batch_size
+from ..models.text import length_order
 from .cache import FeatureCache
 
 log = logging.getLogger(__name__)
@@ -120,6 +120,17 @@ def encode(
             store.close()
 
 
+def image_batch_size(encoder: Encoder, examples: list[Example], batch_size: int) -> int:
+    """Images per forward pass of ``encoder`` over ``examples``: ``batch_size``, cut for a torch image encoder on the
+    CPU to its page-fault-free batch (``models.encoder.fault_free_batch_size``, judged from the first example with an
+    image). ONNX Runtime (its own allocator), a GPU, or fewer than two images: ``batch_size``."""
+    weights = list(encoder.parameters()) if isinstance(encoder, torch.nn.Module) else []
+    first = next((e for e in examples if e.get("image") is not None), None)
+    if len(examples) < 2 or first is None or not weights or any(w.device.type != "cpu" for w in weights):
+        return batch_size
+    return fault_free_batch_size(encoder, encoder.prepare([load_input("image", first)], train=False), batch_size)
+
+
 def _seconds(ex: Example) -> float:
     """A clip's length from its header (0 where it cannot be read: loading it names the problem)."""
     try:
@@ -146,9 +157,8 @@ def _run_encoder(encoder: Encoder, modality: str, examples: list[Example], keys:
         order = sorted(range(len(examples)), key=[_seconds(ex) for ex in examples].__getitem__)
     if order is not None:
         examples, keys = [examples[i] for i in order], [keys[i] for i in order]
-    if modality == "image" and isinstance(encoder, torch.nn.Module) and examples:  # torch, not ONNX Runtime
-        one = encoder.prepare([load_input(modality, examples[0], sample_rate)], train=False)
-        batch_size = fault_free_batch_size(encoder, one, batch_size)
+    if modality == "image":
+        batch_size = image_batch_size(encoder, examples, batch_size)
     out: dict[str, dict[str, torch.Tensor]] = {}
     bar = tqdm(total=len(examples), desc=f"encoding {modality}", unit="item", disable=None if progress else True)
     try:

@@ -184,7 +184,7 @@ def frozen_backend(cfg: EncoderConfig) -> str:
     the encoders where it measured faster (``_ONNX_BY_DEFAULT``, where onnxruntime is installed), else torch."""
     from .onnx_backend import onnxruntime_available
 
-    if cfg.backend in ("onnxruntime", "onnxruntime-int8") and not onnxruntime_available():
+    if cfg.backend not in (None, "torch") and not onnxruntime_available():
         raise ConfigError(f"encoder.backend: {cfg.backend} needs the onnxruntime, onnx and onnxscript packages "
                           "(`pip install onnxruntime onnx onnxscript`), or set encoder.backend: torch")
     if cfg.backend is not None:
