@@ -231,31 +231,34 @@ def onnx_encoder(encoder: torch.nn.Module, key: str, int8: bool = False) -> Onnx
         raise ConfigError(f"encoder.backend: {'onnxruntime-int8' if int8 else 'onnxruntime'} has no export for "
                           f"{type(encoder).__name__} (it covers EfficientNet-Lite0 on images and log-mels, audio-cnn, "
                           "Hugging Face text and vision towers); set encoder.backend: torch")
-    fp32 = _fp32_encoder(encoder, key)
+    encoder.eval()
+    fp32_path = onnx_path(key)
     if not int8:
-        return fp32
+        return _cached(encoder, fp32_path, "onnxruntime", lambda: {"max_abs_diff": _export_checked(encoder, fp32_path)})
     from . import _onnx_int8
 
-    path, cosine = _onnx_int8.quantized_file(encoder, fp32.path)  # only the fp32 file is used
-    if cosine is None:  # read from the cache
-        try:
-            return OnnxEncoder(encoder, path, fp32.max_abs_diff, "onnxruntime-int8")
-        except Exception as e:  # noqa: BLE001 - a damaged file (disk full, edited by hand) is quantised again
-            log.warning("%s cannot be loaded (%s); quantising the encoder again", path, str(e).splitlines()[0][:200])
-            path.unlink(missing_ok=True)
-            path, cosine = _onnx_int8.quantized_file(encoder, fp32.path)
-    return OnnxEncoder(encoder, path, fp32.max_abs_diff, "onnxruntime-int8", cosine)
+    def quantise() -> dict[str, float | None]:
+        fp32 = onnx_encoder(encoder, key)  # the parity-checked export the INT8 copy is made from
+        return {"max_abs_diff": fp32.max_abs_diff, "int8_cosine": _onnx_int8.quantized_file(encoder, fp32.path)[1]}
+
+    # a cached INT8 file is loaded alone: the fp32 export is read only to make it
+    return _cached(encoder, _onnx_int8.int8_path(fp32_path, _onnx_int8.method(encoder)), "onnxruntime-int8", quantise)
 
 
-def _fp32_encoder(encoder: torch.nn.Module, key: str) -> OnnxEncoder:
-    encoder.eval()
-    path = onnx_path(key)
+def _cached(encoder: torch.nn.Module, path: Path, backend: str, make) -> OnnxEncoder:
+    """``encoder`` on the cached file ``path`` (the fp32 export or its INT8 copy); ``make()`` writes the file, checked,
+    when it is missing or cannot be loaded (disk full, edited by hand), and returns its check's results."""
     if path.exists():
         try:
-            return OnnxEncoder(encoder, path)
-        except Exception as e:  # noqa: BLE001 - a damaged file (disk full, edited by hand) is exported again
-            log.warning("%s cannot be loaded (%s); exporting the encoder again", path, str(e).splitlines()[0][:200])
+            return OnnxEncoder(encoder, path, backend=backend)
+        except Exception as e:  # noqa: BLE001 - a damaged file is made again
+            log.warning("%s cannot be loaded (%s); making it again", path, str(e).splitlines()[0][:200])
             path.unlink(missing_ok=True)
+    return OnnxEncoder(encoder, path, backend=backend, **make())
+
+
+def _export_checked(encoder: torch.nn.Module, path: Path) -> float:
+    """Export ``encoder`` to ``path`` if its pooled features match torch's within ``PARITY_MAX_ABS``; the difference."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.export")
     try:
         _export_bytes(encoder, _probe_inputs(encoder, 2), tmp)
@@ -268,7 +271,7 @@ def _fp32_encoder(encoder: torch.nn.Module, key: str) -> OnnxEncoder:
     finally:
         tmp.unlink(missing_ok=True)
     log.info("exported the %s encoder to %s (max abs diff vs torch %.1e)", encoder.modality, path, diff)
-    return OnnxEncoder(encoder, path, diff)
+    return diff
 
 
 @torch.inference_mode()
